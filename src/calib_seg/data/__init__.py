@@ -1,0 +1,1 @@
+"""calib_seg.data"""
