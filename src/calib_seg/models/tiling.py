@@ -46,15 +46,18 @@ def _pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     return int(v), int(v)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` (>= tile) with at least ``overlap`` overlap.
 
-    Tiles step by ``tile - overlap``; the last tile is shifted back to end exactly at ``length`` (so it may
-    overlap its neighbour more than ``overlap``) instead of padding the image further.
+    Tiles step by ``tile - overlap`` rounded down to a multiple of ``align``; the last tile is shifted back to
+    end exactly at ``length`` (so it may overlap its neighbour more than ``overlap``) instead of padding the
+    image further. With ``length`` and ``tile`` multiples of ``align``, every start is a multiple of ``align``.
     """
     if length < tile:
         raise ValueError(f"length {length} is smaller than the tile {tile}; pad first")
-    step = tile - overlap
+    step = max((tile - overlap) // align * align, align)
+    if step > tile - overlap:
+        raise ValueError(f"tile {tile} - overlap {overlap} leaves no step that is a multiple of align={align}")
     starts = list(range(0, length - tile + 1, step))
     if starts[-1] != length - tile:
         starts.append(length - tile)
@@ -125,6 +128,7 @@ def predict_tiled(
     overlap: int | tuple[int, int] = 32,
     batch_size: int = 4,
     margin: int | tuple[int, int] | None = None,
+    align: int = 1,
 ) -> torch.Tensor:
     """Tiled whole-image inference with overlapping, blended tiles.
 
@@ -137,6 +141,10 @@ def predict_tiled(
         batch_size: tiles per call of ``fn`` (memory vs. speed).
         margin: pixels discarded (zero weight) at each tile side facing a neighbour; default ``overlap // 4``.
             Must satisfy ``2 * margin <= overlap``. Tiled output is exact when the receptive-field radius <= margin.
+        align: tile offsets are multiples of this (pass the model's ``size_divisor``). Down-sampling networks
+            are only shift-equivariant for shifts that are multiples of their total stride, so aligned tiles
+            see the same pooling grid as the untiled image. The image is reflect-padded to a multiple of
+            ``align`` (and to at least one tile); ``tile`` must be a multiple of ``align``.
 
     Returns:
         Tensor with the input's spatial shape and number of dims, ``K`` channels (accumulated in at least
@@ -153,12 +161,14 @@ def predict_tiled(
         raise ValueError(f"margin must satisfy 0 <= 2*margin <= overlap, got margin={(mh, mw)}, overlap={(oh, ow)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if align < 1 or th % align or tw % align:
+        raise ValueError(f"tile {(th, tw)} must be a multiple of align={align} (the model's size divisor)")
 
     x, ndim = _as_4d(image)
     n, _, h, w = x.shape
-    x = _pad_bottom_right(x, max(th - h, 0), max(tw - w, 0))
+    x = _pad_bottom_right(x, max(th - h, (-h) % align), max(tw - w, (-w) % align))
     hp, wp = x.shape[-2:]
-    ys, xs = tile_starts(hp, th, oh), tile_starts(wp, tw, ow)
+    ys, xs = tile_starts(hp, th, oh, align), tile_starts(wp, tw, ow, align)
 
     # Weight windows depend only on the tile position, so build them once per (row, col) position.
     wy = {y: blend_window_1d(th, oh, mh, left=y > 0, right=y + th < hp) for y in ys}
