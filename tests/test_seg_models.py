@@ -1,0 +1,148 @@
+"""Segmentation networks: shapes, clear size errors, offline smp factory, and config composition."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from calib_seg.models.smp_factory import available_architectures, build_smp
+from calib_seg.models.unet import AttentionGate, AttentionResUNet, AttentionUNet, UNet
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+NATIVE = [UNet, AttentionUNet, AttentionResUNet]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("cls", NATIVE)
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_native_models_output_one_logit_channel_with_input_height_and_width(cls, norm):
+    model = cls(in_channels=1, base_filters=4, depth=4, norm=norm, dropout=0.1)
+    x = torch.rand(2, 1, 64, 96)
+    assert model(x).shape == (2, 1, 64, 96)
+
+
+@pytest.mark.parametrize("cls", NATIVE)
+@pytest.mark.parametrize("depth,size", [(1, (6, 10)), (3, (40, 24))])
+def test_native_models_accept_any_size_divisible_by_two_to_the_depth(cls, depth, size):
+    model = cls(base_filters=4, depth=depth).eval()
+    assert model.size_divisor == 2**depth
+    assert model(torch.rand(1, 1, *size)).shape == (1, 1, *size)
+
+
+@pytest.mark.parametrize("cls", NATIVE)
+def test_native_models_reject_size_not_divisible_by_two_to_the_depth_naming_size_and_divisor(cls):
+    model = cls(base_filters=4, depth=4)
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*depth = 16.*60x64"):
+        model(torch.rand(1, 1, 60, 64))
+
+
+def test_native_models_reject_wrong_channel_count_and_bad_options():
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        UNet(base_filters=4, depth=2)(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="norm"):
+        UNet(norm="layer")
+    with pytest.raises(ValueError, match="depth"):
+        UNet(depth=0)
+
+
+def test_attention_gate_scales_skip_features_by_coefficients_from_the_coarser_level():
+    gate = AttentionGate(skip_channels=8, gate_channels=16, inter_channels=4, norm="none")
+    x, g = torch.rand(2, 8, 32, 32), torch.rand(2, 16, 16, 16)
+    assert gate(x, g).shape == x.shape
+    # Saturating psi to a large negative bias closes the gate: the gated skip becomes the output bias only.
+    with torch.no_grad():
+        gate.psi.bias.fill_(-1e4)
+    out = gate(x, g)
+    bias = gate.out[0].bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(out, bias.expand_as(out), rtol=0, atol=1e-6)
+
+
+def test_attention_and_residual_variants_have_more_parameters_than_plain_unet():
+    n = [sum(p.numel() for p in cls(base_filters=8, depth=3).parameters()) for cls in NATIVE]
+    assert n[0] < n[1] < n[2]
+
+
+@pytest.mark.parametrize("arch", ["Unet", "FPN", "unetplusplus"])
+def test_smp_factory_builds_one_channel_models_offline(no_network, arch):
+    model = build_smp(arch=arch, encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=1)
+    d = model.size_divisor
+    x = torch.rand(1, 1, 2 * 32, 3 * 32)
+    assert d in (1, 32) and model.eval()(x).shape == (1, 1, 64, 96)
+
+
+def test_smp_factory_unknown_arch_lists_available_architectures():
+    with pytest.raises(ValueError, match="Available: .*FPN.*Unet"):
+        build_smp(arch="NotANet")
+    assert "Unet" in available_architectures()
+
+
+def test_smp_factory_refuses_pretrained_weights_unless_download_explicitly_allowed(no_network):
+    with pytest.raises(ValueError, match="allow_download"):
+        build_smp(encoder_weights="imagenet")
+
+
+def test_smp_factory_unknown_encoder_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown smp encoder 'resnet9000'"):
+        build_smp(encoder_name="resnet9000")
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "attention_resunet", "smp"])
+def test_model_configs_start_with_a_comment_and_instantiate_offline(no_network, name):
+    path = CONF / "model" / f"{name}.yaml"
+    assert path.read_text().startswith("# ")
+    cfg = OmegaConf.load(path)
+    if name != "smp":
+        cfg.base_filters, cfg.depth = 4, 2
+    model = instantiate(cfg)
+    assert model.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_task_config_builds_task_with_adam_and_plateau_scheduler_on_val_jaccard():
+    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml")
+    assert (CONF / "task" / "segmentation.yaml").read_text().startswith("# ")
+    task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
+    conf = task.configure_optimizers()
+    assert isinstance(conf["optimizer"], torch.optim.Adam)
+    assert conf["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    sched = conf["lr_scheduler"]
+    assert isinstance(sched["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert sched["scheduler"].mode == "max" and sched["monitor"] == "val/jaccard"
+    assert task.hparams.loss == "focal" and "model" not in task.hparams
+
+
+MITO_PRESETS = ["mito_quick", "mito_unet", "mito_attention_unet", "mito_attention_resunet"]
+
+
+@pytest.mark.parametrize("preset", MITO_PRESETS)
+def test_mito_presets_compose_and_optimise_val_jaccard(preset):
+    # Hydra 1.3 reads the package header only from the leading "# @..." lines, so it must come first and the
+    # one-line description second.
+    text = (CONF / "experiment" / f"{preset}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_" and text[1].startswith("# ") and len(text[1]) > 20
+    if not (CONF / "train.yaml").exists() or not (CONF / "data" / "mito_synth.yaml").exists():
+        pytest.skip("train.yaml / data configs not written yet")
+    from hydra import compose, initialize_config_dir
+
+    from calib_seg import resolvers  # noqa: F401  (custom resolvers used by train.yaml)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={preset}"])
+    assert cfg.optimized_metric == "val/jaccard"
+    assert cfg.task._target_ == "calib_seg.tasks.segmentation.SegmentationTask"
+    assert cfg.task.loss == "focal" and cfg.task.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.model._target_.startswith("calib_seg.models.unet.")
