@@ -164,7 +164,8 @@ class PBSLauncher(Launcher):
         for src in self.config.hydra.runtime.config_sources:
             if src.provider == "command-line" and src.schema == "file":
                 argv += ["--config-dir", str(src.path)]
-        argv += ["--config-name", str(self.config.hydra.job.config_name)]
+        if self.config.hydra.job.config_name is not None:  # apps without a primary config have none
+            argv += ["--config-name", str(self.config.hydra.job.config_name)]
         hydra_ovs = [o for o in self.config.hydra.overrides.hydra if not _DROP_HYDRA_OVERRIDE.match(str(o))]
         argv += [str(o) for o in hydra_ovs] + [str(o) for o in overrides]
         argv += [
