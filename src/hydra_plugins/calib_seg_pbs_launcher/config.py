@@ -34,8 +34,8 @@ class PBSLauncherConf:
     walltime: str = "04:00:00"
     # at most this many array tasks run at once (torque: -t 0-N%P; pbspro: -W max_run_subjobs=P)
     array_parallelism: int | None = None
-    # '#PBS -r y': a preempted task may be requeued; calib_seg.train resumes from the job folder's
-    # last.ckpt, so rerunning is safe
+    # '#PBS -r y': a preempted task may be requeued into the same job folder; with ckpt_path=last
+    # calib_seg.train resumes from that folder's last.ckpt
     rerunnable: bool = True
     # '#PBS -V': tasks inherit the submitting environment (venv, CALIB_SEG_* variables, PATH)
     export_env: bool = True
