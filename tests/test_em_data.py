@@ -33,7 +33,9 @@ def write_epfl(root: Path, n_train=10, n_test=4, h=64, w=80, mask_values=(0, 255
     return root
 
 
-def write_pair(split_dir: Path, stem: str, img: np.ndarray, mask: np.ndarray, img_ext=".png", mask_ext=".png"):
+def write_pair(
+    split_dir: Path, stem: str, img: np.ndarray, mask: np.ndarray, img_ext=".png", mask_ext=".png"
+):
     (split_dir / "images").mkdir(parents=True, exist_ok=True)
     (split_dir / "masks").mkdir(parents=True, exist_ok=True)
     for arr, sub, ext in ((img, "images", img_ext), (mask, "masks", mask_ext)):
@@ -84,14 +86,19 @@ def test_epfl_training_patches_never_come_from_validation_slices(tmp_path):
     assert seen <= set(range(0, 6)) and len(seen) == 6  # slice 6 is the gap, 7..9 are validation
     dm = SegmentationDataModule(src, patch_size=32, patches_per_epoch=8, batch_size=4)
     dm.setup("fit")
-    val_levels = {int(round(float(b["image"][i, 0, 0, 0]) * 255 - 5)) // 10
-                  for b in dm.val_dataloader() for i in range(len(b["image"]))}
+    val_levels = {
+        int(round(float(b["image"][i, 0, 0, 0]) * 255 - 5)) // 10
+        for b in dm.val_dataloader()
+        for i in range(len(b["image"]))
+    }
     assert val_levels == {7, 8, 9}
 
 
 def test_epfl_stacks_with_different_slice_counts_name_both_files(tmp_path):
     root = write_epfl(tmp_path / "epfl", n_train=10, n_train_masks=9)
-    with pytest.raises(ValueError, match=r"different slice counts.*training\.tif.*10.*training_groundtruth\.tif.*9"):
+    with pytest.raises(
+        ValueError, match=r"different slice counts.*training\.tif.*10.*training_groundtruth\.tif.*9"
+    ):
         EPFLSource(root)
 
 
@@ -121,7 +128,9 @@ def test_folder_reader_pairs_images_and_masks_by_stem_across_formats(tmp_path):
     for stem, iext, mext in (("b", ".png", ".tif"), ("a", ".tif", ".png"), ("c", ".png", ".png")):
         img = rng.integers(0, 256, (48, 64), dtype=np.uint8)
         img[0, 0] = ord(stem)  # marks which file the image came from
-        write_pair(tmp_path / "ds" / "train", stem, img, blob_mask(value=1 if stem == "a" else 255), iext, mext)
+        write_pair(
+            tmp_path / "ds" / "train", stem, img, blob_mask(value=1 if stem == "a" else 255), iext, mext
+        )
     src = FolderSource(tmp_path / "ds", val_fraction=0.34, seed=0)
     tr, va = src.split("train"), src.split("val")
     assert sorted(tr.names + va.names) == ["a", "b", "c"] and len(va) == 1
@@ -158,7 +167,9 @@ def test_folder_missing_mask_is_a_clear_error(tmp_path):
 
 def test_folder_image_mask_size_mismatch_names_both_files(tmp_path):
     write_pair(tmp_path / "ds" / "train", "a", np.zeros((48, 64), np.uint8), blob_mask(40, 64))
-    with pytest.raises(ValueError, match=r"shape mismatch.*images/a\.png.*\(48, 64\).*masks/a\.png.*\(40, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"shape mismatch.*images/a\.png.*\(48, 64\).*masks/a\.png.*\(40, 64\)"
+    ):
         FolderSource(tmp_path / "ds")
 
 
@@ -191,14 +202,28 @@ def test_folder_fingerprint_changes_when_a_file_changes(tmp_path):
 def test_batches_are_float_image_and_binary_mask_dicts_and_reproducible(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(3):
-        write_pair(tmp_path / "ds" / "train", f"t{i}", rng.integers(0, 256, (64, 64), dtype=np.uint8),
-                   blob_mask(64, 64))
-    write_pair(tmp_path / "ds" / "test", "x", rng.integers(0, 256, (64, 96), dtype=np.uint8), blob_mask(64, 96))
-    write_pair(tmp_path / "ds" / "test", "y", rng.integers(0, 256, (48, 64), dtype=np.uint8), blob_mask(48, 64))
+        write_pair(
+            tmp_path / "ds" / "train",
+            f"t{i}",
+            rng.integers(0, 256, (64, 64), dtype=np.uint8),
+            blob_mask(64, 64),
+        )
+    write_pair(
+        tmp_path / "ds" / "test", "x", rng.integers(0, 256, (64, 96), dtype=np.uint8), blob_mask(64, 96)
+    )
+    write_pair(
+        tmp_path / "ds" / "test", "y", rng.integers(0, 256, (48, 64), dtype=np.uint8), blob_mask(48, 64)
+    )
 
     def first_batch():
-        dm = SegmentationDataModule(FolderSource(tmp_path / "ds"), patch_size=32, patches_per_epoch=8,
-                                    batch_size=4, min_foreground=0.05, seed=5)
+        dm = SegmentationDataModule(
+            FolderSource(tmp_path / "ds"),
+            patch_size=32,
+            patches_per_epoch=8,
+            batch_size=4,
+            min_foreground=0.05,
+            seed=5,
+        )
         dm.setup("fit")
         return dm, next(iter(dm.train_dataloader()))
 
@@ -209,7 +234,9 @@ def test_batches_are_float_image_and_binary_mask_dicts_and_reproducible(tmp_path
     assert 0 <= float(b["image"].min()) and float(b["image"].max()) <= 1
     assert torch.equal(b["image"], first_batch()[1]["image"])
     dm.setup("test")
-    shapes = [tuple(t["image"].shape) for t in dm.test_dataloader()]  # mixed sizes -> one whole image per batch
+    shapes = [
+        tuple(t["image"].shape) for t in dm.test_dataloader()
+    ]  # mixed sizes -> one whole image per batch
     assert sorted(shapes) == [(1, 1, 48, 64), (1, 1, 64, 96)]
 
 

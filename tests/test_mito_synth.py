@@ -65,7 +65,9 @@ def test_generation_is_fast_enough_for_on_the_fly_datasets():
 
 
 def test_source_splits_are_distinct_images_and_fingerprint_names_parameters():
-    src = MitoSynthSource(n_train=2, n_val=1, n_test=1, height=128, width=128, seed=3, params={"noise_std": 0.05})
+    src = MitoSynthSource(
+        n_train=2, n_val=1, n_test=1, height=128, width=128, seed=3, params={"noise_std": 0.05}
+    )
     tr, va, te = src.split("train"), src.split("val"), src.split("test")
     assert len(tr) == 2 and len(va) == len(te) == 1
     assert not any(np.array_equal(va.images[0], x) for x in tr.images)
@@ -87,7 +89,9 @@ def test_written_folder_reads_back_through_the_folder_reader(tmp_path):
         write_mito_folder(tmp_path / "mito", 1, 0, 0, 64)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"real Lucchi slices not found at {REAL} (shared/ beside the repo)")
+@pytest.mark.skipif(
+    not REAL.is_dir(), reason=f"real Lucchi slices not found at {REAL} (shared/ beside the repo)"
+)
 def test_synthetic_slices_match_real_lucchi_slice_statistics():
     """Grey-level statistics and threshold difficulty of synthetic slices fall in the range of real ones."""
     real = []

@@ -62,7 +62,9 @@ def _scale_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
         out = arr.astype(np.float32, copy=False)
         _check_unit_range(out, name)
         return out
-    raise ValueError(f"{name}: unsupported image dtype {arr.dtype} (expected uint8, uint16 or float in [0,1])")
+    raise ValueError(
+        f"{name}: unsupported image dtype {arr.dtype} (expected uint8, uint16 or float in [0,1])"
+    )
 
 
 def _check_unit_range(arr: np.ndarray, name: str) -> None:
@@ -295,7 +297,9 @@ def _list_images(folder: Path) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
             if p.stem in by_stem:
-                raise ValueError(f"{folder}: two files share the stem {p.stem!r}: {by_stem[p.stem].name}, {p.name}")
+                raise ValueError(
+                    f"{folder}: two files share the stem {p.stem!r}: {by_stem[p.stem].name}, {p.name}"
+                )
             by_stem[p.stem] = p
     return by_stem
 
@@ -419,7 +423,9 @@ class FolderSource:
 
 
 def _subset(split: SegSplit, idx: list[int]) -> SegSplit:
-    return SegSplit([split.images[i] for i in idx], [split.masks[i] for i in idx], [split.names[i] for i in idx])
+    return SegSplit(
+        [split.images[i] for i in idx], [split.masks[i] for i in idx], [split.names[i] for i in idx]
+    )
 
 
 def file_manifest(paths: Sequence[Path], root: Path) -> dict:

@@ -42,15 +42,16 @@ class MitoSynthParams:
     membrane_darkness: float = 0.40
     membrane_width: float = 2.4
     cytoplasm_level: tuple[float, float] = (0.62, 0.74)
-    dark_cell_fraction: float = 0.14  # dark dendrites: grey level like mitochondria, no cristae
+    dark_cell_fraction: float = 0.10  # dark dendrites: grey level like mitochondria, no cristae
     dark_cell_level: tuple[float, float] = (0.36, 0.48)
     bouton_fraction: float = 0.22  # profiles packed with synaptic vesicles
     foreground_fraction: tuple[float, float] = (0.04, 0.10)
     mito_radius: tuple[float, float] = (14.0, 32.0)
     mito_length: tuple[float, float] = (0.0, 200.0)  # straight part of the capsule; 0 = round cross-section
     round_fraction: float = 0.4  # share of round cross-sections among mitochondria
+    wrapped_fraction: float = 0.5  # share with the enclosing neurite membrane drawn close around them
     mito_level: tuple[float, float] = (0.34, 0.46)
-    cristae_contrast: tuple[float, float] = (0.03, 0.08)
+    cristae_contrast: tuple[float, float] = (0.02, 0.06)
     cristae_period: tuple[float, float] = (7.0, 12.0)
     mito_membrane_darkness: tuple[float, float] = (0.12, 0.22)
     myelin_per_mpx: float = 1.2  # myelinated axons per megapixel
@@ -80,7 +81,9 @@ def _cells(rng: np.random.Generator, h: int, w: int, p: MitoSynthParams) -> tupl
     n_cand = int(4 * h * w / p.cell_size**2) + 8
     cand = rng.random((n_cand, 2)) * [h, w]
     dens = _smooth_noise(rng, (hs, ws), 40 / s)
-    keep = rng.random(n_cand) < 1 / (1 + np.exp(-1.6 * dens[(cand[:, 0] / s).astype(int), (cand[:, 1] / s).astype(int)]))
+    keep = rng.random(n_cand) < 1 / (
+        1 + np.exp(-1.6 * dens[(cand[:, 0] / s).astype(int), (cand[:, 1] / s).astype(int)])
+    )
     seeds = cand[keep][: max(8, int(1.8 * h * w / p.cell_size**2))]
     yy, xx = np.mgrid[0:hs, 0:ws].astype(np.float32) * s
     yy += p.warp * _smooth_noise(rng, (hs, ws), 30 / s)
@@ -110,8 +113,15 @@ def _round_objects(
 
 
 def _capsule(
-    rng: np.random.Generator, cy: float, cx: float, radius: float, length: float, angle: float,
-    bend: float, shape: tuple[int, int], margin: float,
+    rng: np.random.Generator,
+    cy: float,
+    cx: float,
+    radius: float,
+    length: float,
+    angle: float,
+    bend: float,
+    shape: tuple[int, int],
+    margin: float,
 ):
     """Signed depth inside a bent capsule (positive inside) on its bounding box, plus axial coordinate."""
     h, w = shape
@@ -131,12 +141,17 @@ def _capsule(
     phi = np.arctan2(v, np.where(np.abs(u) > length / 2, u - np.sign(u) * length / 2, 0.0))
     k = np.arange(2, 5)
     amp = rng.uniform(0, 0.07, 3) * radius
-    wob = (amp[:, None, None] * np.sin(k[:, None, None] * phi + rng.uniform(0, 2 * np.pi, 3)[:, None, None])).sum(0)
+    wob = (
+        amp[:, None, None] * np.sin(k[:, None, None] * phi + rng.uniform(0, 2 * np.pi, 3)[:, None, None])
+    ).sum(0)
     return (slice(y0, y1), slice(x0, x1)), radius + wob - d, u
 
 
 def generate_mito_image(
-    height: int = 768, width: int = 1024, seed: int | np.random.Generator = 0, params: MitoSynthParams | None = None
+    height: int = 768,
+    width: int = 1024,
+    seed: int | np.random.Generator = 0,
+    params: MitoSynthParams | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic EM image and its mitochondria mask.
 
@@ -177,7 +192,9 @@ def generate_mito_image(
     n_sp = int(4000 * mpx)
     sc = rng.random((n_sp, 2)) * [h, w]
     centres = np.concatenate([vc, sc])
-    radii = np.concatenate([rng.uniform(3.5, 6.0, len(vc)), rng.uniform(0.8, 2.2, len(sc))]).astype(np.float32)
+    radii = np.concatenate([rng.uniform(3.5, 6.0, len(vc)), rng.uniform(0.8, 2.2, len(sc))]).astype(
+        np.float32
+    )
     if len(centres):
         dist, r = _round_objects(rng, (h, w), centres, radii)
         ring = np.exp(-(((dist - r) / 1.3) ** 2))
@@ -188,7 +205,7 @@ def generate_mito_image(
     n_org = rng.poisson(p.dark_organelles_per_mpx * mpx)
     for _ in range(n_org):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        rr = rng.uniform(4, 12)
+        rr = rng.uniform(4, 16)
         sl, depth, _u = _capsule(rng, cy, cx, rr, rng.uniform(0, 10), rng.uniform(0, np.pi), 0.0, (h, w), 3)
         a = np.clip(depth + 0.5, 0, 1)
         img[sl] = img[sl] * (1 - a) + a * (rng.uniform(0.25, 0.42) + 0.02 * rng.standard_normal(a.shape))
@@ -200,10 +217,14 @@ def generate_mito_image(
     while area < target and tries < 400:
         tries += 1
         r = rng.uniform(*p.mito_radius)
-        length = 0.0 if rng.random() < p.round_fraction else rng.uniform(*p.mito_length) * min(1.0, min(h, w) / 400)
+        length = (
+            0.0
+            if rng.random() < p.round_fraction
+            else rng.uniform(*p.mito_length) * min(1.0, min(h, w) / 400)
+        )
         ang, bend = rng.uniform(0, np.pi), rng.normal(0, 0.08) * length
         cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
-        halo = rng.uniform(2.0, 6.0)
+        halo = rng.uniform(1.0, 4.0)
         res = _capsule(rng, cy, cx, r, length, ang, bend, (h, w), halo + 6)
         if res is None:
             continue
@@ -212,22 +233,24 @@ def generate_mito_image(
         if not inside.any() or mask[sl][depth > -halo - 4].any():
             continue  # no overlap, and keep a halo between neighbours like real membranes
         # light cytoplasm halo and (often) the enclosing neurite membrane around the organelle
-        cyto = rng.uniform(*p.cytoplasm_level)
+        # the halo takes the grey level of the host neurite (no tell-tale bright ring around every organelle)
+        host = level[label[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))]]
         a_halo = np.clip(depth + halo + 1, 0, 1)
         local = img[sl]
-        local = local * (1 - a_halo) + a_halo * (cyto + 0.04 * grain[sl])
-        if rng.random() < 0.7:
+        local = local * (1 - a_halo) + a_halo * (host + 0.05 * grain[sl])
+        if rng.random() < p.wrapped_fraction:
             local -= p.membrane_darkness * 0.8 * np.exp(-(((depth + halo + 1.5) / p.membrane_width) ** 2))
         # matrix with lamellar cristae across the long axis, a dark double outer membrane
         lvl = rng.uniform(*p.mito_level)
         period = rng.uniform(*p.cristae_period)
-        phase = _smooth_noise(rng, depth.shape, 6.0) * 1.6  # wavy, irregular lamellae
+        phase = _smooth_noise(rng, depth.shape, 5.0) * 2.2  # wavy, irregular lamellae
         ang2 = rng.normal(0, 0.35)
         v_axis = depth  # cristae run roughly across; tilting them by mixing in depth breaks regularity
         cristae = np.cos(2 * np.pi * (u * np.cos(ang2) + v_axis * np.sin(ang2)) / period + phase)
-        matrix = lvl + rng.uniform(*p.cristae_contrast) * cristae + 0.03 * grain[sl]
+        mottle = _smooth_noise(rng, depth.shape, 2.5)
+        matrix = lvl + rng.uniform(*p.cristae_contrast) * cristae + 0.03 * grain[sl] + 0.03 * mottle
         md = rng.uniform(*p.mito_membrane_darkness)
-        matrix -= md * (np.exp(-(((depth - 2.0) / 1.2) ** 2)) + 0.7 * np.exp(-(((depth - 5.0) / 1.2) ** 2)))
+        matrix -= md * (np.exp(-(((depth - 1.2) / 1.1) ** 2)) + 0.7 * np.exp(-(((depth - 3.8) / 1.1) ** 2)))
         a = np.clip(depth + 0.5, 0, 1)
         img[sl] = local * (1 - a) + a * matrix
         mask[sl] |= inside.astype(np.uint8)
@@ -246,13 +269,14 @@ def generate_mito_image(
         img[sl] = img[sl] * (1 - a_in) + a_in * inner
         img[sl] = img[sl] * (1 - a) + a * (rng.uniform(0.18, 0.3) + 0.03 * grain[sl])
         mask[sl][depth > 0] = 0  # an axon drawn on top hides whatever mitochondrion was there
-    smudge = np.zeros((h, w), np.float32)
+    # smudges are smooth: build them on a 4x coarser grid (16x fewer pixels to filter) and upsample
+    hs, ws = h // 4 + 1, w // 4 + 1
+    smudge = np.zeros((hs, ws), np.float32)
     for _ in range(rng.poisson(p.smudges_per_mpx * mpx)):
-        y, x = int(rng.uniform(0, h)), int(rng.uniform(0, w))
-        smudge[y, x] += rng.uniform(0.6, 1.0)
+        smudge[int(rng.uniform(0, hs)), int(rng.uniform(0, ws))] += rng.uniform(0.6, 1.0)
     if smudge.any():
-        smudge = ndimage.gaussian_filter(smudge, (rng.uniform(12, 25), rng.uniform(12, 25)))
-        smudge *= 0.2 / smudge.max()
+        smudge = ndimage.gaussian_filter(smudge, (rng.uniform(3, 6), rng.uniform(3, 6)))
+        smudge = ndimage.zoom(smudge * (0.2 / smudge.max()), 4, order=1)[:h, :w]
         img -= smudge
 
     # 4. imaging: illumination drift, blur, noise, 8-bit quantisation
@@ -272,7 +296,9 @@ def _params_from(params: MitoSynthParams | dict | None) -> MitoSynthParams:
     unknown = set(params) - known
     if unknown:
         raise ValueError(f"unknown mito_synth parameter(s) {sorted(unknown)}; known: {sorted(known)}")
-    fixed = {k: tuple(v) if isinstance(v, list | tuple) or hasattr(v, "__len__") else v for k, v in params.items()}
+    fixed = {
+        k: tuple(v) if isinstance(v, list | tuple) or hasattr(v, "__len__") else v for k, v in params.items()
+    }
     return MitoSynthParams(**fixed)
 
 
@@ -325,7 +351,9 @@ class MitoSynthSource:
         if name not in self.n:
             raise ValueError(f"unknown split {name!r}; expected train, val or test")
         if name not in self._cache:
-            self._cache[name] = generate_split(self.n[name], self.height, self.width, self.seed, name, self.params)
+            self._cache[name] = generate_split(
+                self.n[name], self.height, self.width, self.seed, name, self.params
+            )
         return self._cache[name]
 
     def fingerprint(self) -> dict:
@@ -365,7 +393,13 @@ def write_mito_folder(
         raise FileExistsError(f"{out} is not empty; pass overwrite=True to write into it")
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     p = _params_from(params)
-    summary: dict = {"generator": GENERATOR_VERSION, "seed": seed, "size": [h, w], "params": asdict(p), "splits": {}}
+    summary: dict = {
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "size": [h, w],
+        "params": asdict(p),
+        "splits": {},
+    }
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n <= 0:
             continue

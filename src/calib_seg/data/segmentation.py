@@ -147,7 +147,10 @@ class TileDataset(Dataset):
         t = self.tile
         image = to_unit_float(self.split.images[k][y : y + t, x : x + t], self.split.names[k])
         mask = binarize_mask(self.split.masks[k][y : y + t, x : x + t])
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "mask": torch.from_numpy(mask)[None]}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "mask": torch.from_numpy(mask)[None],
+        }
 
 
 class WholeImageDataset(Dataset):
@@ -162,7 +165,10 @@ class WholeImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = to_unit_float(self.split.images[i], self.split.names[i])
         mask = binarize_mask(self.split.masks[i])
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "mask": torch.from_numpy(mask)[None]}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "mask": torch.from_numpy(mask)[None],
+        }
 
 
 def collate_whole(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -218,7 +224,11 @@ class SegmentationDataModule(LightningDataModule):
         self.patch_size, self.patches_per_epoch = int(patch_size), int(patches_per_epoch)
         self.min_foreground, self.min_foreground_prob = float(min_foreground), float(min_foreground_prob)
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
-        self.val_mode, self.test_batch_size, self.pin_memory = val_mode, int(test_batch_size), bool(pin_memory)
+        self.val_mode, self.test_batch_size, self.pin_memory = (
+            val_mode,
+            int(test_batch_size),
+            bool(pin_memory),
+        )
         if augment is True:
             augment = PairAugment()
         self.augment = augment or None
@@ -237,6 +247,13 @@ class SegmentationDataModule(LightningDataModule):
                     raise ValueError(
                         f"patch_size={self.patch_size} is larger than training image(s) "
                         f"{', '.join(f'{n} {s}' for n, s in small[:5])}; lower data.patch_size"
+                    )
+            if name == "val" and self.val_mode == "tiles":
+                small = [(n, s) for n, s in zip(split.names, split.shapes()) if min(s) < self.patch_size]
+                if small:
+                    raise ValueError(
+                        f"validation image(s) {', '.join(f'{n} {s}' for n, s in small[:5])} are smaller than "
+                        f"patch_size={self.patch_size}; use data.val_mode=whole or a smaller patch_size"
                     )
             self._splits[name] = split
         return self._splits[name]
