@@ -292,3 +292,50 @@ def test_empty_validation_split_is_refused():
 
     with pytest.raises(ValueError, match="val split .* is empty"):
         SegmentationDataModule(NoVal(), patch_size=16).setup("fit")
+
+
+def test_lightning_trainer_draws_new_patches_every_epoch(tmp_path):
+    import pytorch_lightning as pl
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_pair(
+            tmp_path / "ds" / "train",
+            f"t{i}",
+            rng.integers(0, 256, (64, 64), dtype=np.uint8),
+            blob_mask(64, 64),
+        )
+    seen: list[list[float]] = []
+
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def on_train_epoch_start(self):
+            seen.append([])
+
+        def training_step(self, batch, _):
+            seen[-1].append(float(batch["image"].sum()))
+            return (self.w * batch["image"]).mean()
+
+        def validation_step(self, batch, _):
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = SegmentationDataModule(
+        FolderSource(tmp_path / "ds"), patch_size=16, patches_per_epoch=8, batch_size=4
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Probe(), datamodule=dm)
+    assert len(seen) == 2 and len(seen[0]) == 2 and seen[0] != seen[1]
