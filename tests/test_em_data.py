@@ -339,3 +339,13 @@ def test_lightning_trainer_draws_new_patches_every_epoch(tmp_path):
     )
     trainer.fit(Probe(), datamodule=dm)
     assert len(seen) == 2 and len(seen[0]) == 2 and seen[0] != seen[1]
+
+
+def test_epfl_split_pickles_without_copying_memory_mapped_stacks(tmp_path):
+    import pickle
+
+    split = EPFLSource(write_epfl(tmp_path / "epfl", n_train=10, h=256, w=256)).split("train")
+    blob = pickle.dumps(split)
+    assert len(blob) < 10_000  # the stack is re-mapped on load, not serialised (8 slices = 512 KiB)
+    again = pickle.loads(blob)
+    assert np.array_equal(again.images[3], split.images[3])

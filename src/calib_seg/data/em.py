@@ -164,8 +164,21 @@ class SegSplit:
 class StackView(Sequence):
     """Read-only view of slices ``[start, stop)`` of a 3-D stack (memory-mapped or in memory)."""
 
-    def __init__(self, stack: np.ndarray, start: int, stop: int):
-        self.stack, self.start, self.stop = stack, int(start), int(stop)
+    def __init__(self, stack: np.ndarray, start: int, stop: int, path: Path | None = None):
+        self.stack, self.start, self.stop, self.path = stack, int(start), int(stop), path
+
+    def __getstate__(self) -> dict:
+        # a pickled np.memmap carries its whole content: with spawn-started DataLoader workers, re-map the
+        # file in each worker instead of copying ~130 MB per stack
+        state = dict(self.__dict__)
+        if isinstance(self.stack, np.memmap) and self.path is not None:
+            state["stack"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.stack is None:
+            self.stack = _open_stack(Path(self.path), mmap=True)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -277,7 +290,9 @@ class EPFLSource:
             stem = "testing"
         else:
             raise ValueError(f"unknown split {name!r}; expected train, val or test")
-        return SegSplit(StackView(img, a, b), StackView(msk, a, b), [f"{stem}[{z}]" for z in range(a, b)])
+        ip, mp = self._paths[f"{stem}.tif"], self._paths[f"{stem}_groundtruth.tif"]
+        names = [f"{stem}[{z}]" for z in range(a, b)]
+        return SegSplit(StackView(img, a, b, ip), StackView(msk, a, b, mp), names)
 
     def fingerprint(self) -> dict:
         """Manifest of the four stacks (size and sha256) plus the split definition."""
