@@ -1,0 +1,245 @@
+"""Bead density data: sources (synthetic simulator, folder + manifest) and the LightningDataModule.
+
+A *source* turns configuration into a :class:`BeadSet` (all images and labels in memory, as stored: uint8/uint16
+plus the scale that maps them to [0, 1]). The :class:`DensityDataModule` splits a BeadSet the same way whatever
+its origin, and serves batches ``{"image", "density", "dilution", "count"}`` (see docs/CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional import r2_score
+
+from calib_seg.data.beads import SEED_DENSITY_RANGE, SEED_DILUTIONS, BeadPhysics, dilution_series, render_beads
+from calib_seg.data.splits import Split, stratified_split
+
+
+@dataclass
+class BeadSet:
+    """Images with their labels, as loaded or simulated (before any split)."""
+
+    images: np.ndarray  # (N, H, W) uint8 / uint16 / float32
+    scale: float  # images / scale lies in [0, 1]
+    density: np.ndarray  # (N,) nominal beads/mm²
+    dilution: np.ndarray  # (N,) dilution factor (NaN when unknown)
+    count: np.ndarray  # (N,) realised beads in the FOV (NaN when unknown)
+    names: list[str]
+    fov_area_mm2: float | None  # None when the pixel size is unknown
+    fingerprint: dict[str, Any]
+    centres_um: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.density)
+
+
+class SyntheticBeads:
+    """Simulated dilution series: ``n_per_level`` images at each dilution (see :mod:`calib_seg.data.beads`).
+
+    ``levels`` may give explicit ``{dilution: density}`` pairs; otherwise ``dilutions`` and ``density_range`` define a
+    geometric series (the seed's 50x..51200x, 7964..15 beads/mm²).
+    """
+
+    def __init__(
+        self,
+        n_per_level: int = 35,
+        physics: Mapping[str, Any] | None = None,
+        dilutions: list[float] | None = None,
+        density_range: list[float] | None = None,
+        levels: Mapping[float, float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if n_per_level < 1:
+            raise ValueError(f"n_per_level must be >= 1, got {n_per_level}")
+        self.n_per_level = int(n_per_level)
+        self.physics = BeadPhysics(**dict(physics or {}))
+        if levels:
+            self.levels = {float(k): float(v) for k, v in dict(levels).items()}
+        else:
+            self.levels = dilution_series(tuple(dilutions or SEED_DILUTIONS), tuple(density_range or SEED_DENSITY_RANGE))
+        self.seed = int(seed)
+
+    def params(self) -> dict[str, Any]:
+        """Everything that determines the images (the data fingerprint of a synthetic set)."""
+        return {"source": "synthetic_beads", "n_per_level": self.n_per_level, "seed": self.seed,
+                "levels": {str(k): v for k, v in self.levels.items()}, "physics": self.physics.to_dict()}
+
+    def load(self, progress: bool = False) -> BeadSet:
+        """Simulate the whole set (deterministic for a given seed)."""
+        rng = np.random.default_rng(self.seed)
+        jobs = [(dil, dens) for dil, dens in self.levels.items() for _ in range(self.n_per_level)]
+        iterator = jobs
+        if progress and len(jobs) > 200:
+            from rich.progress import track
+
+            iterator = track(jobs, description="simulating beads")
+        sims = [render_beads(rng, dens, dil, self.physics) for dil, dens in iterator]
+        return BeadSet(
+            images=np.stack([s.image for s in sims]),
+            scale=float(self.physics.max_adu),
+            density=np.array([s.density for s in sims]),
+            dilution=np.array([s.dilution for s in sims]),
+            count=np.array([s.count for s in sims], dtype=float),
+            names=[f"{int(s.dilution)}x_{i:04d}" for i, s in enumerate(sims)],
+            fov_area_mm2=self.physics.fov_area_mm2,
+            fingerprint={**self.params(), "sha256": _params_hash(self.params())},
+            centres_um=[s.centres_um for s in sims],
+        )
+
+
+def _params_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _BeadDataset(Dataset):
+    """Serves one split of a BeadSet as float tensors, with optional flips / 90-degree rotations.
+
+    Flips and right-angle rotations preserve the bead count, so they are label-safe augmentation.
+    """
+
+    def __init__(self, beads: BeadSet, indices: np.ndarray, augment: bool) -> None:
+        self.beads, self.indices, self.augment = beads, np.asarray(indices), augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = int(self.indices[i])
+        img = torch.from_numpy(self.beads.images[j].astype(np.float32) / self.beads.scale)[None]
+        if self.augment:
+            k = int(torch.randint(0, 4, ()).item())
+            img = torch.rot90(img, k, dims=(1, 2))
+            if torch.rand(()) < 0.5:
+                img = torch.flip(img, dims=(2,))
+        return {
+            "image": img.contiguous(),
+            "density": torch.tensor(self.beads.density[j], dtype=torch.float32),
+            "dilution": torch.tensor(self.beads.dilution[j], dtype=torch.float32),
+            "count": torch.tensor(self.beads.count[j], dtype=torch.float32),
+        }
+
+
+class DensityDataModule(pl.LightningDataModule):
+    """Splits a bead source (stratified by dilution, seeded) and serves train/val/test loaders.
+
+    Args:
+        source: an object with ``load() -> BeadSet`` (:class:`SyntheticBeads`, :class:`~calib_seg.data.bead_folder.BeadFolder`).
+        batch_size: images per training batch.
+        val_fraction, test_fraction: share of each dilution level in val and test.
+        split_seed: seed of the split (independent of the simulation seed).
+        holdout_dilutions: levels kept out of train/val and used as the whole test set (extrapolation).
+        augment: random flips / 90-degree rotations on the training split.
+        num_workers: DataLoader workers (0 = in the main process).
+        eval_batch_size: batch size for val/test (defaults to ``batch_size``).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        batch_size: int = 32,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        holdout_dilutions: list[float] | None = None,
+        augment: bool = True,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_seed = int(split_seed)
+        self.holdout_dilutions = [float(d) for d in (holdout_dilutions or [])]
+        self.augment, self.num_workers, self.pin_memory = bool(augment), int(num_workers), bool(pin_memory)
+        self.beads: BeadSet | None = None
+        self.split: Split | None = None
+
+    def prepare(self) -> BeadSet:
+        """Load (or simulate) the data and split it, once; later calls return the cached set."""
+        if self.beads is None:
+            self.beads = self.source.load(progress=True)
+            self.split = stratified_split(self.beads.dilution, self.val_fraction, self.test_fraction,
+                                          self.split_seed, self.holdout_dilutions)
+        return self.beads
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def _loader(self, which: str, train: bool) -> DataLoader:
+        beads = self.prepare()
+        idx = getattr(self.split, which)
+        return DataLoader(
+            _BeadDataset(beads, idx, augment=train and self.augment),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            # R2Score needs >= 2 samples per update in DDP shards; a trailing batch of 1 would also make
+            # BatchNorm fail, so drop it in training only (evaluation sees every image).
+            drop_last=train and len(idx) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    # --- what the task and the run record need to know about the data -----------------------------------
+    def train_targets(self) -> np.ndarray:
+        """Nominal densities of the training split (to fit the target transform on train only)."""
+        beads = self.prepare()
+        return beads.density[self.split.train]
+
+    def train_pixel_stats(self, max_images: int = 64) -> tuple[float, float]:
+        """Mean and std of training pixels in [0, 1] units (to standardise the network input)."""
+        beads = self.prepare()
+        idx = self.split.train[:: max(1, len(self.split.train) // max_images)]
+        x = beads.images[idx].astype(np.float64) / beads.scale
+        return float(x.mean()), float(x.std() + 1e-8)
+
+    def oracle_density(self, which: str = "test") -> np.ndarray | None:
+        """Realised count / FOV area for a split: the Poisson floor no counter can beat (None if unknown)."""
+        beads = self.prepare()
+        idx = getattr(self.split, which)
+        if beads.fov_area_mm2 is None or np.isnan(beads.count[idx]).any():
+            return None
+        return beads.count[idx] / beads.fov_area_mm2
+
+    def split_targets(self, which: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """(density, dilution) of a split, in loader order."""
+        beads = self.prepare()
+        idx = getattr(self.split, which)
+        return beads.density[idx], beads.dilution[idx]
+
+    def reference_metrics(self, which: str = "test") -> dict[str, float]:
+        """R² and MAE of the oracle counter on a split (empty when counts are unknown, e.g. real data)."""
+        oracle = self.oracle_density(which)
+        if oracle is None:
+            return {}
+        target, _ = self.split_targets(which)
+        o, t = torch.as_tensor(oracle), torch.as_tensor(target)
+        return {f"{which}/r2_oracle": float(r2_score(o, t)), f"{which}/mae_oracle": float((o - t).abs().mean())}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data of this run: source parameters or file-manifest hash, and split sizes."""
+        beads = self.prepare()
+        return {**beads.fingerprint, "split_seed": self.split_seed, "holdout_dilutions": self.holdout_dilutions,
+                "split_sizes": self.split.sizes()}

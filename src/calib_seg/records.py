@@ -1,0 +1,122 @@
+"""Run records (`run.json`): what ran, how it ended, its numbers, and the code and data that produced them.
+
+Written atomically (temporary file + rename) so a killed job never leaves half a record. The report reads
+only these files; it never re-trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RECORD_NAME = "run.json"
+_PACKAGES = ("calib_seg", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf",
+             "segmentation-models-pytorch", "numpy")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy scalars and non-finite floats into plain JSON values (NaN -> null)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``run.json`` into ``run_dir`` atomically and return its path."""
+    path = Path(run_dir) / RECORD_NAME
+    atomic_write_text(path, json.dumps(_jsonable(record), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The record of a run folder, or None if it has none (or an unreadable one)."""
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def code_state(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Git commit of the calib_seg source tree and whether it was dirty; saves the diff beside the record."""
+    src = Path(__file__).resolve().parent
+    commit = _git(["rev-parse", "HEAD"], src)
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None}
+    status = _git(["status", "--porcelain", "--untracked-files=no"], src) or ""
+    dirty = bool(status.strip())
+    info: dict[str, Any] = {"git_commit": commit.strip(), "git_dirty": dirty}
+    if dirty and run_dir is not None:
+        diff = _git(["diff", "HEAD"], src) or ""
+        atomic_write_text(Path(run_dir) / "git_diff.patch", diff)
+        info["git_diff"] = "git_diff.patch"
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of python and the packages whose behaviour shapes the numbers."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def scheduler_job_id() -> dict[str, str | None]:
+    """SLURM / PBS job identifiers of this process, if it runs under a scheduler."""
+    env = os.environ
+    return {
+        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+        "pbs_job_id": env.get("PBS_JOBID"),
+        "pbs_array_index": env.get("PBS_ARRAY_INDEX") or env.get("PBS_ARRAYID"),
+    }
+
+
+def provenance(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Everything that ties a number to the code, environment and machine that produced it."""
+    return {**code_state(run_dir), "versions": versions(), "host": socket.gethostname(),
+            "platform": platform.platform(), **scheduler_job_id()}

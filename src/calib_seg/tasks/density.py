@@ -1,0 +1,201 @@
+"""DensityRegressionTask: image -> beads/mm², trained on a fitted target transform, measured in physical units."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanAbsolutePercentageError,
+    MeanSquaredError,
+    Metric,
+    MetricCollection,
+    R2Score,
+)
+from torchmetrics.aggregation import CatMetric
+
+from calib_seg.tasks.transforms import TargetTransform
+
+LOSSES = ("mse", "huber")
+
+
+class MaxAbsoluteError(Metric):
+    """Largest absolute error seen (max over samples, synced across processes with ``max``)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("max_err", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        err = (preds.double() - target.double()).abs()
+        if err.numel():
+            self.max_err = torch.maximum(self.max_err, err.max())
+
+    def compute(self) -> torch.Tensor:
+        return self.max_err
+
+
+def regression_metrics(prefix: str) -> MetricCollection:
+    """The physical-unit metrics of the density task (R², MSE, RMSE, MAE, MAPE, max error)."""
+    return MetricCollection(
+        {
+            "r2": R2Score(),
+            "mse": MeanSquaredError(),
+            "rmse": MeanSquaredError(squared=False),
+            "mae": MeanAbsoluteError(),
+            "mape": MeanAbsolutePercentageError(),
+            "max_error": MaxAbsoluteError(),
+        },
+        prefix=prefix,
+    )
+
+
+class DensityRegressionTask(pl.LightningModule):
+    """Regress bead density (beads/mm²) from an image.
+
+    Args:
+        model: an ``nn.Module`` mapping (B, 1, H, W) images to (B,) outputs in transformed units.
+        optimizer: partial optimizer, called with ``params=``.
+        scheduler: partial LR scheduler called with ``optimizer=``, or None.
+        target_transform: ``standardize`` (default), ``log_standardize``, or ``none`` (raw targets, seed failure).
+        loss: ``mse`` (default) or ``huber``, on the transformed target.
+        normalize_input: standardise pixels with the training split's mean/std (stored in the checkpoint).
+        scheduler_monitor: metric a plateau scheduler watches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        target_transform: str = "standardize",
+        loss: str = "mse",
+        huber_delta: float = 1.0,
+        normalize_input: bool = True,
+        scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        # partial optimizers are kept out of hparams: checkpoints must load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.target_tf = TargetTransform(target_transform)
+        self.register_buffer("input_mean", torch.tensor(0.0))
+        self.register_buffer("input_std", torch.tensor(1.0))
+        self.register_buffer("data_fitted", torch.tensor(False))
+        self.val_metrics = regression_metrics("val/")
+        self.test_metrics = regression_metrics("test/")
+        # predictions kept per epoch for the guard (collapse rule), figures and per-dilution errors
+        self.val_store = nn.ModuleDict({k: CatMetric() for k in ("pred", "target")})
+        self.test_store = nn.ModuleDict({k: CatMetric() for k in ("pred", "target", "dilution")})
+        self.last_val: dict[str, np.ndarray] = {}
+        self.last_test: dict[str, np.ndarray] = {}
+
+    # --- data-dependent state -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Fit the target transform and input normalisation on the training split, once per model."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if bool(self.data_fitted) or dm is None or not hasattr(dm, "train_targets"):
+            return
+        self.target_tf.fit(dm.train_targets())
+        if self.hparams.normalize_input:
+            mean, std = dm.train_pixel_stats()
+            self.input_mean.fill_(mean)
+            self.input_std.fill_(std)
+        self.data_fitted.fill_(True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> predicted density in beads/mm²."""
+        return self.target_tf.inverse(self._raw(image))
+
+    def _raw(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model((image - self.input_mean) / self.input_std)
+
+    def _loss(self, z_pred: torch.Tensor, z_true: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "huber":
+            return F.huber_loss(z_pred, z_true, delta=self.hparams.huber_delta)
+        return F.mse_loss(z_pred, z_true)
+
+    # --- steps ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        z = self._raw(batch["image"])
+        loss = self._loss(z.float(), self.target_tf(batch["density"]).float())
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(z))
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        z = self._raw(batch["image"]).float()
+        target = batch["density"]
+        loss = self._loss(z, self.target_tf(target).float())
+        pred = self.target_tf.inverse(z).float()
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z))
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(pred, target)
+        store = self.val_store if stage == "val" else self.test_store
+        store["pred"].update(pred)
+        store["target"].update(target)
+        if stage == "test":
+            store["dilution"].update(batch["dilution"])
+        return pred
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+        image = batch["image"] if isinstance(batch, dict) else batch
+        return self(image)
+
+    def _finish(self, stage: str) -> dict[str, np.ndarray]:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = metrics.compute()
+        values[f"{stage}/mape"] = values[f"{stage}/mape"] * 100.0  # percent, as in the seed report
+        for k, v in values.items():
+            self.log(k, v.float(), prog_bar=k == "val/r2")
+        metrics.reset()
+        store = self.val_store if stage == "val" else self.test_store
+        out = {k: m.compute().detach().cpu().double().numpy().reshape(-1) for k, m in store.items()}
+        for m in store.values():
+            m.reset()
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test = out = self._finish("test")
+        err = np.abs(out["pred"] - out["target"])
+        for d in np.unique(out["dilution"]):
+            self.log(f"test/mae_dilution_{d:g}x", float(err[out["dilution"] == d].mean()))
+
+    # --- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(optimizer=opt)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"}}
+
+    def metric_definitions(self) -> dict[str, str]:
+        """How each headline number is computed (stored in run.json)."""
+        tf = self.target_tf.kind
+        return {
+            "r2": f"torchmetrics R2Score on predictions inverted from the '{tf}' target transform, beads/mm²",
+            "mae/mse/rmse": "torchmetrics MeanAbsoluteError / MeanSquaredError(squared=True/False), beads/mm²",
+            "mape": "torchmetrics MeanAbsolutePercentageError x 100, percent",
+            "max_error": "max |pred - target| over the split, beads/mm²",
+            "loss": f"{self.hparams.loss} on the '{tf}'-transformed target (unitless)",
+        }

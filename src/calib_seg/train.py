@@ -1,0 +1,206 @@
+"""Training entry point: ``python -m calib_seg.train [-m] [overrides...]`` (a Hydra app over conf/train.yaml).
+
+The data flow of one run reads top to bottom in :func:`run`: seed -> datamodule, task(model), callbacks,
+loggers -> fit -> test on the best checkpoint -> ``run.json`` -> the optimised metric for the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
+from calib_seg.models import count_parameters
+from calib_seg.records import provenance, write_record
+
+log = logging.getLogger("calib_seg.train")
+
+
+class RunAborted(SystemExit):
+    """Raised (as a non-zero exit) when a single, non-sweep run was stopped by the training guard."""
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that maps names to ``_target_`` nodes (null entries skipped)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path=last`` means this run folder's ``checkpoints/last.ckpt`` (resume after a kill)."""
+    if cfg.get("ckpt_path") in (None, ""):
+        return None
+    if cfg.ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    path = Path(cfg.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    return str(path)
+
+
+def abort_reason(callbacks: list[Any]) -> tuple[str, int] | None:
+    """(reason, epoch) from the first callback that stopped the run on purpose (the training guard)."""
+    for cb in callbacks:
+        reason = getattr(cb, "abort_reason", None)
+        if reason:
+            return reason, getattr(cb, "aborted_epoch", None)
+    return None
+
+
+def best_epoch(callbacks: list[Any]) -> tuple[int | None, float | None]:
+    """1-based epoch and score of the best checkpoint (from the ModelCheckpoint filename ``best-epochNNN``)."""
+    for cb in callbacks:
+        if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path:
+            stem = Path(cb.best_model_path).stem
+            score = cb.best_model_score
+            try:
+                epoch = int(stem.split("best-epoch")[1].split("-")[0]) + 1
+            except (IndexError, ValueError):
+                epoch = None
+            return epoch, (float(score) if score is not None else None)
+    return None, None
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak resident memory of this process and, on GPU, the peak CUDA allocation (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
+
+
+def key_choices(cfg: DictConfig) -> dict[str, Any]:
+    """The choices a reader of a sweep table wants next to the numbers."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    model = cfg.model
+    return {
+        "experiment": choices.get("experiment"),
+        "data": choices.get("data"),
+        "model": choices.get("model"),
+        "model_target": model.get("_target_"),
+        "arch": model.get("arch"),
+        "filters": list(model.filters) if "filters" in model else None,
+        "base_filters": model.get("base_filters"),
+        "batch_size": cfg.data.get("batch_size"),
+        "lr": cfg.task.optimizer.get("lr"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "seed": cfg.get("seed"),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"status": "running", "task": cfg.task_name, "choices": key_choices(cfg),
+                              "run_dir": str(out_dir)}
+    t0 = time.perf_counter()
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        task = instantiate(cfg.task, model=instantiate(cfg.model))
+        record["params"] = count_parameters(task.model)
+        loggers = instantiate_group(cfg.get("logger"))
+        callbacks = instantiate_group(cfg.get("callbacks"))
+        if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
+            callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+        if cfg.get("train", True):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, out_dir))
+        aborted = abort_reason(callbacks)
+        epochs = trainer.current_epoch
+        fit_time = time.perf_counter() - t0
+        # read before testing: trainer.test() replaces callback_metrics
+        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+
+        test_metrics: dict[str, float] = {}
+        if cfg.get("test", True) and not aborted:
+            has_best = any(isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path for cb in callbacks)
+            results = trainer.test(task, datamodule=datamodule, ckpt_path="best" if has_best else None, verbose=False)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            if hasattr(datamodule, "reference_metrics"):
+                test_metrics.update(datamodule.reference_metrics("test"))
+
+        b_epoch, b_score = best_epoch(callbacks)
+        record.update({
+            "status": "aborted" if aborted else "completed",
+            "reason": aborted[0] if aborted else None,
+            "aborted_epoch": aborted[1] if aborted else None,
+            "optimized_metric": cfg.optimized_metric,
+            "best_val": b_score,
+            "best_epoch": b_epoch,
+            "epochs": epochs,
+            "metrics": {**val_metrics, **test_metrics},
+            "wall_time_s": time.perf_counter() - t0,
+            "time_per_epoch_s": fit_time / max(epochs, 1),
+            **peak_memory_mb(),
+            "device": str(task.device) if trainer.num_devices == 1 else f"{trainer.num_devices}x{task.device.type}",
+            "metric_definitions": task.metric_definitions(),
+            "data_fingerprint": datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None,
+        })
+    except Exception as exc:
+        record.update({"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
+        raise
+    finally:
+        record["provenance"] = provenance(out_dir)
+        record["config"] = OmegaConf.to_container(cfg, resolve=False)
+        write_record(out_dir, record)
+    return record
+
+
+def print_summary(record: dict[str, Any]) -> None:
+    """A short table of the headline numbers, with the physical reference (oracle) beside the model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    m = record.get("metrics", {})
+    table = Table(title=f"{record['task']} run: {record['status']}  ({record['run_dir']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("test/r2", "test R²"), ("test/r2_oracle", "oracle-counter R² (same test set)"),
+            ("test/mae", "test MAE [beads/mm²]"), ("test/mae_oracle", "oracle-counter MAE [beads/mm²]"),
+            ("test/rmse", "test RMSE [beads/mm²]"), ("test/mape", "test MAPE [%]"),
+            ("test/max_error", "test max error [beads/mm²]"), ("test/jaccard", "test Jaccard (foreground)"),
+            ("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"), ("test/dice", "test Dice")]
+    for key, label in rows:
+        if key in m and m[key] is not None:
+            table.add_row(label, f"{m[key]:.4f}" if abs(m[key]) < 100 else f"{m[key]:.1f}")
+    table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
+    table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
+    Console().print(table)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
+    record = run(cfg)
+    print_summary(record)
+    if record["status"] == "aborted":
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if not multirun:
+            print(f"run aborted: {record['reason']}", file=sys.stderr, flush=True)
+            raise RunAborted(3)
+        return math.nan
+    value = record.get("best_val")
+    return float(value) if value is not None else math.nan
+
+
+if __name__ == "__main__":
+    main()
