@@ -39,11 +39,12 @@ def _beads(args: argparse.Namespace) -> Path:
 def _mito(args: argparse.Namespace) -> Path:
     from calib_seg.data.mito_synth import write_mito_folder
 
-    out = write_mito_folder(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                            size=args.size, seed=args.seed or 0)
-    print(f"wrote a synthetic EM set to {out}\nread it with: python -m calib_seg.train experiment=mito_quick "
+    out = Path(args.out)
+    write_mito_folder(out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
+                      seed=args.seed or 0)
+    print(f"wrote a synthetic EM set ({args.n_train}/{args.n_val}/{args.n_test} images) to {out}\nread it with: python -m calib_seg.train experiment=mito_quick "
           f"data=mito_folder data.source.root={Path(out).resolve()}")
-    return Path(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
