@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 RECORD_NAME = "run.json"
+#: Top-level keys every run.json has, whatever its status (null when not known, e.g. a run that failed early).
+RECORD_FIELDS = (
+    "status", "reason", "aborted_epoch", "task", "choices", "run_dir", "optimized_metric", "best_val", "best_epoch",
+    "epochs", "metrics", "val_metrics_best", "val_metrics_final", "test_metrics", "wall_time_s", "time_per_epoch_s",
+    "peak_rss_mb", "peak_cuda_mb", "params", "device", "metric_definitions", "data_fingerprint", "provenance",
+    "config",
+)
 _PACKAGES = ("calib_seg", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf",
-             "segmentation-models-pytorch", "numpy")
+             "segmentation-models-pytorch", "numpy", "matplotlib", "tensorboard")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -51,6 +58,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+def new_record(**known: Any) -> dict[str, Any]:
+    """A record with every field of :data:`RECORD_FIELDS` present (None), updated with ``known``."""
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(known)
+    return record
 
 
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:

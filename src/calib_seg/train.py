@@ -21,11 +21,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
 from calib_seg.models import count_parameters
-from calib_seg.records import provenance, write_record
+from calib_seg.callbacks.record import describe_run, resolved_config, time_per_epoch, val_summary
+from calib_seg.callbacks.tensorboard import log_outcome
+from calib_seg.records import new_record, provenance, write_record
 
 log = logging.getLogger("calib_seg.train")
 
@@ -107,8 +109,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"status": "running", "task": cfg.task_name, "choices": key_choices(cfg),
-                              "run_dir": str(out_dir)}
+    record = new_record(status="running", task=cfg.task_name, choices=key_choices(cfg), run_dir=str(out_dir),
+                        optimized_metric=cfg.optimized_metric)
+    # known before the try so a failed run can still record what it got to
+    datamodule = task = trainer = None
+    loggers: list[Any] = []
+    callbacks: list[Any] = []
     t0 = time.perf_counter()
     try:
         pl.seed_everything(cfg.seed, workers=True)
@@ -147,8 +153,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "best_epoch": b_epoch,
             "epochs": epochs,
             "metrics": {**val_metrics, **test_metrics},
+            **val_summary(callbacks, cfg.optimized_metric, b_epoch),
+            "test_metrics": test_metrics,
             "wall_time_s": time.perf_counter() - t0,
-            "time_per_epoch_s": fit_time / max(epochs, 1),
+            "time_per_epoch_s": time_per_epoch(callbacks, fit_time, epochs),
             **peak_memory_mb(),
             "device": str(task.device) if trainer.num_devices == 1 else f"{trainer.num_devices}x{task.device.type}",
             "metric_definitions": task.metric_definitions(),
@@ -156,12 +164,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         })
     except Exception as exc:
         record.update({"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
+                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0,
+                       "epochs": trainer.current_epoch if trainer is not None else 0,
+                       **val_summary(callbacks, cfg.optimized_metric, None), **peak_memory_mb()})
         raise
     finally:
+        describe_run(record, task, datamodule, trainer)
         record["provenance"] = provenance(out_dir)
-        record["config"] = OmegaConf.to_container(cfg, resolve=False)
+        record["config"] = resolved_config(cfg)
         write_record(out_dir, record)
+        log_outcome(loggers, record)  # HParams entry + outcome text in TensorBoard
     return record
 
 

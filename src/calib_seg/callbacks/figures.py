@@ -1,0 +1,128 @@
+"""Figures of a run, rendered once at the end of fit and of test (never per epoch: it would cost throughput).
+
+PNGs go to ``<run folder>/figures/`` and, when a TensorBoard logger is attached, to its Images tab. The
+callback only reads the task's public attributes (``last_test`` of the density task, ``predict_proba`` of the
+segmentation task) and logged metrics; the drawing itself lives in :mod:`calib_seg.plots`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from calib_seg import plots
+from calib_seg.callbacks.history import MetricHistory, read_history
+
+log = logging.getLogger(__name__)
+
+
+class RunFigures(pl.Callback):
+    """Training curves at the end of fit; task figures at the end of test.
+
+    Args:
+        dirpath: folder for the PNGs (default ``<trainer.default_root_dir>/figures``).
+        title: run name used in figure titles (the run folder's name is appended).
+        n_overlays: test images shown in the segmentation overlay figure.
+        enabled: switch off without removing the callback (e.g. for benchmarks).
+    """
+
+    def __init__(self, dirpath: str | None = None, title: str | None = None, n_overlays: int = 3,
+                 enabled: bool = True) -> None:
+        self.dirpath = Path(dirpath) if dirpath else None
+        self.title = title
+        self.n_overlays = int(n_overlays)
+        self.enabled = enabled
+        self.written: list[Path] = []
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+    def _dir(self, trainer: pl.Trainer) -> Path:
+        return self.dirpath or Path(trainer.default_root_dir) / "figures"
+
+    def _title(self, trainer: pl.Trainer) -> str:
+        folder = self._dir(trainer).parent.name
+        return f"{self.title} [{folder}]" if self.title else folder
+
+    def _emit(self, trainer: pl.Trainer, name: str, fig: Any) -> None:
+        """Send one figure to every TensorBoard logger, then save it as PNG (which closes it)."""
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step, close=False)
+                logger.experiment.flush()
+        self.written.append(plots.save_figure(fig, self._dir(trainer) / f"{name}.png"))
+
+    def _safe(self, trainer: pl.Trainer, what: str, fn: Any) -> None:
+        # a figure must never turn a finished run into a failed one: log and go on
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not draw %s figures: %s: %s", what, type(exc).__name__, exc)
+
+    def _history(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
+        for cb in trainer.callbacks:
+            if isinstance(cb, MetricHistory) and cb.rows:
+                return cb.rows
+        return read_history(self._dir(trainer).parent)
+
+    # --- hooks ----------------------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and trainer.is_global_zero:
+            self._safe(trainer, "training-curve", lambda: self._curves(trainer, pl_module))
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.enabled and trainer.is_global_zero):
+            return
+        if getattr(pl_module, "last_test", None):
+            self._safe(trainer, "density", lambda: self._density(trainer, pl_module.last_test))
+        elif hasattr(pl_module, "predict_proba"):
+            self._safe(trainer, "segmentation", lambda: self._segmentation(trainer, pl_module))
+
+    # --- figures --------------------------------------------------------------------------------------------
+    def _curves(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = self._history(trainer)
+        if history:
+            score = "val/jaccard" if any("val/jaccard" in r for r in history) else "val/r2"
+            self._emit(trainer, "training_curves", plots.training_curves(history, self._title(trainer), score))
+
+    def _density(self, trainer: pl.Trainer, out: dict[str, np.ndarray]) -> None:
+        title = self._title(trainer)
+        pred, target = out["pred"], out["target"]
+        dilution = out.get("dilution", np.full_like(target, np.nan))
+        self._emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title))
+        self._emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title))
+        if np.isfinite(dilution).any():
+            self._emit(trainer, "per_dilution", plots.density_per_dilution(pred, target, dilution, title))
+
+    @torch.no_grad()
+    def _segmentation(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        title = self._title(trainer)
+        m = trainer.callback_metrics
+        curve = {float(k.split("_t")[-1]): float(v) for k, v in m.items() if k.startswith("test/jaccard_t")}
+        if curve:
+            base = m.get("test/jaccard_all_foreground")
+            self._emit(trainer, "jaccard_vs_threshold", plots.jaccard_vs_threshold(
+                curve, title, baseline=float(base) if base is not None else None,
+                headline=getattr(pl_module, "threshold", None)))
+        dm = trainer.datamodule
+        if dm is None or self.n_overlays < 1:
+            return
+        images, masks, probs = [], [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        for batch in dm.test_dataloader():
+            x = batch["image"][: self.n_overlays - len(images)]
+            p = pl_module.predict_proba(x.to(pl_module.device)).float().cpu()
+            images += [a[0].numpy() for a in x]
+            masks += [a[0].numpy() for a in batch["mask"][: len(x)]]
+            probs += [a[0].numpy() for a in p]
+            if len(images) >= self.n_overlays:
+                break
+        pl_module.train(was_training)
+        if images:
+            self._emit(trainer, "test_overlays", plots.segmentation_overlays(
+                images, masks, probs, title, threshold=getattr(pl_module, "threshold", 0.5)))

@@ -1,0 +1,302 @@
+"""Figures of a run and of a sweep: pure functions from numbers to matplotlib Figures (Agg, no display).
+
+Tasks never plot (docs/CONVENTIONS.md); the figure callback, ``evaluate``, and ``report`` call these functions.
+Every figure names its run in the title and carries units on its axes, so a PNG lifted out of its folder still
+says what it shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless cluster nodes; also avoids a GUI backend's per-figure cost
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DENSITY_UNIT = "beads/mm²"
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (via a temporary name + rename so a killed job leaves no half image) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    tmp.replace(path)
+    plt.close(fig)
+    return path
+
+
+def _dilution_colours(dilution: np.ndarray) -> tuple[np.ndarray, list[float], Any]:
+    levels = sorted({float(d) for d in dilution if np.isfinite(d)})
+    cmap = plt.get_cmap("viridis", max(len(levels), 1))
+    index = {d: i for i, d in enumerate(levels)}
+    colours = np.array([cmap(index[float(d)]) if np.isfinite(d) else (0.5, 0.5, 0.5, 1.0) for d in dilution])
+    return colours, levels, cmap
+
+
+def _dilution_legend(ax: Any, levels: list[float], cmap: Any) -> None:
+    if not levels or len(levels) > 14:
+        return
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=f"{d:g}x") for i, d in enumerate(levels)]
+    ax.legend(handles=handles, title="dilution", fontsize=7, title_fontsize=7, loc="upper left", ncol=2)
+
+
+def density_pred_vs_actual(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
+    """Predicted vs actual density, linear and log-log, with the identity line, coloured by dilution."""
+    pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
+    colours, levels, cmap = _dilution_colours(dilution)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    lo, hi = float(min(pred.min(), target.min())), float(max(pred.max(), target.max()))
+    for ax, log in zip(axes, (False, True)):
+        ax.scatter(target, pred, c=colours, s=14, alpha=0.8, edgecolors="none")
+        if log:
+            pos = np.concatenate([pred[pred > 0], target[target > 0]])
+            a, b = (float(pos.min()) * 0.7, float(pos.max()) * 1.4) if pos.size else (1.0, 10.0)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.plot([a, b], [a, b], "k--", lw=1, label="identity")
+            ax.set_xlim(a, b)
+            ax.set_ylim(a, b)
+            hidden = int((pred <= 0).sum())
+            ax.set_title("log-log" + (f" ({hidden} predictions <= 0 not shown)" if hidden else ""))
+        else:
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="identity")
+            ax.set_title("linear")
+        ax.set_xlabel(f"actual density [{DENSITY_UNIT}]")
+        ax.set_ylabel(f"predicted density [{DENSITY_UNIT}]")
+        ax.grid(alpha=0.3)
+    _dilution_legend(axes[0], levels, cmap)
+    fig.suptitle(f"{title}: predicted vs actual")
+    return fig
+
+
+def density_residuals(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
+    """Residual (predicted - actual) against actual density, log x axis so every dilution is visible."""
+    pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
+    colours, levels, cmap = _dilution_colours(dilution)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(target, pred - target, c=colours, s=14, alpha=0.8, edgecolors="none")
+    ax.axhline(0, color="k", lw=1, ls="--")
+    if (target > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(f"actual density [{DENSITY_UNIT}]")
+    ax.set_ylabel(f"residual = predicted - actual [{DENSITY_UNIT}]")
+    ax.set_title(f"{title}: residuals")
+    ax.grid(alpha=0.3)
+    _dilution_legend(ax, levels, cmap)
+    return fig
+
+
+def per_dilution_stats(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray) -> list[dict[str, float]]:
+    """Per dilution level: n, actual density, mean and std of predictions, MAE and MAPE (percent)."""
+    pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
+    rows = []
+    for d in sorted({float(x) for x in dilution if np.isfinite(x)}):
+        sel = dilution == d
+        p, t = pred[sel], target[sel]
+        rows.append({"dilution": d, "n": int(sel.sum()), "actual": float(t.mean()), "pred_mean": float(p.mean()),
+                     "pred_std": float(p.std()), "mae": float(np.abs(p - t).mean()),
+                     "mape": float(np.mean(np.abs(p - t) / np.maximum(np.abs(t), 1e-12)) * 100)})
+    return rows
+
+
+def density_per_dilution(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
+    """Mean ± std of predictions per dilution next to the actual density, and MAPE per dilution."""
+    rows = per_dilution_stats(pred, target, dilution)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    x = np.arange(len(rows))
+    labels = [f"{r['dilution']:g}x" for r in rows]
+    ax.errorbar(x, [r["pred_mean"] for r in rows], yerr=[r["pred_std"] for r in rows], fmt="o", capsize=3,
+                label="predicted (mean ± std)")
+    ax.plot(x, [r["actual"] for r in rows], "k_", ms=16, mew=2, label="actual")
+    if rows and all(r["actual"] > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.set_xticks(x, labels, rotation=45, fontsize=8)
+    ax.set_xlabel("dilution")
+    ax.set_ylabel(f"density [{DENSITY_UNIT}]")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax2.bar(x, [r["mape"] for r in rows], color="tab:orange")
+    ax2.set_xticks(x, labels, rotation=45, fontsize=8)
+    ax2.set_xlabel("dilution")
+    ax2.set_ylabel("mean absolute percentage error [%]")
+    ax2.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{title}: per-dilution error")
+    return fig
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for row in history:
+        v = row.get(key)
+        if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(row["epoch"])
+            ys.append(v)
+    return np.asarray(xs), np.asarray(ys)
+
+
+def training_curves(history: Sequence[Mapping[str, Any]], title: str, score: str = "val/r2",
+                    ax_pair: tuple[Any, Any] | None = None) -> Figure | None:
+    """Train/val loss (log scale when positive) and the validation score per epoch (1-based epochs).
+
+    With ``ax_pair`` it draws into existing axes (the report's grid) and returns None.
+    """
+    fig = None
+    if ax_pair is None:
+        fig, ax_pair = plt.subplots(1, 2, figsize=(11, 4))
+    ax, ax2 = ax_pair
+    for key, style in (("train/loss", "-"), ("val/loss", "--")):
+        x, y = _series(history, key)
+        if len(x):
+            ax.plot(x, y, style, marker="o", ms=3, label=key)
+    if any(l.get_ydata().size and (np.asarray(l.get_ydata()) > 0).all() for l in ax.get_lines()):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (training units)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    x, y = _series(history, score)
+    if len(x):
+        ax2.plot(x, y, marker="o", ms=3, color="tab:green", label=score)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"{score} (unitless)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    if fig is not None:
+        fig.suptitle(f"{title}: training curves")
+        ax.set_title("loss")
+        ax2.set_title(score)
+    else:
+        ax.set_title(title, fontsize=8)
+        ax2.set_title(f"{title}: {score}", fontsize=8)
+    return fig
+
+
+def segmentation_overlays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], probs: Sequence[np.ndarray],
+                          title: str, threshold: float = 0.5) -> Figure:
+    """Rows of image / ground truth / prediction (thresholded), with the per-image foreground Jaccard."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+    for i, (img, msk, prb) in enumerate(zip(images, masks, probs)):
+        pred = prb >= threshold
+        truth = msk > 0.5
+        union = np.logical_or(pred, truth).sum()
+        jac = float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+        axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(f"test image {i}", fontsize=9)
+        axes[i, 1].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].imshow(np.ma.masked_where(~truth, truth), cmap="autumn", alpha=0.45)
+        axes[i, 1].set_title("ground truth (red)", fontsize=9)
+        axes[i, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 2].imshow(np.ma.masked_where(~pred, pred), cmap="winter", alpha=0.45)
+        axes[i, 2].set_title(f"prediction p>={threshold:g} (blue), Jaccard {jac:.3f}", fontsize=9)
+        for ax in axes[i]:
+            ax.set_xlabel("x [px]", fontsize=8)
+            ax.set_ylabel("y [px]", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}: test overlays")
+    fig.tight_layout()
+    return fig
+
+
+def jaccard_vs_threshold(curve: Mapping[float, float], title: str, baseline: float | None = None,
+                         headline: float | None = None) -> Figure:
+    """Test foreground Jaccard against the probability threshold, with the all-foreground baseline."""
+    ts = sorted(curve)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(ts, [curve[t] for t in ts], marker="o", label="test Jaccard")
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:red", ls="--", lw=1, label=f"all-foreground baseline {baseline:.3f}")
+    if headline is not None:
+        ax.axvline(headline, color="k", ls=":", lw=1, label=f"headline threshold {headline:g}")
+    ax.set_xlabel("probability threshold (unitless)")
+    ax.set_ylabel("foreground Jaccard (unitless)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: Jaccard vs threshold")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- sweep figures
+def capacity_plot(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
+    """Test R² and MAE against parameter count, one labelled point per run."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in rows:
+        p = r.get("params")
+        if not p:
+            continue
+        for a, key in ((ax, "r2"), (ax2, "mae")):
+            v = r.get(key)
+            if v is not None and math.isfinite(v):
+                a.scatter([p], [v])
+                a.annotate(str(r.get("label", "")), (p, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for a, lab in ((ax, "test R² (unitless)"), (ax2, f"test MAE [{DENSITY_UNIT}]")):
+        a.set_xscale("log")
+        a.set_xlabel("trainable parameters (count)")
+        a.set_ylabel(lab)
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{title}: quality vs model capacity")
+    return fig
+
+
+def per_dilution_mae_plot(per_run: Mapping[str, Mapping[float, float]], title: str) -> Figure:
+    """Per-dilution test MAE, one line per run."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, values in per_run.items():
+        ds = sorted(values)
+        if ds:
+            ax.plot(ds, [values[d] for d in ds], marker="o", ms=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dilution factor (x)")
+    ax.set_ylabel(f"test MAE [{DENSITY_UNIT}]")
+    ax.grid(alpha=0.3, which="both")
+    if per_run:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{title}: per-dilution MAE per run")
+    return fig
+
+
+def curves_grid(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str, score: str) -> Figure:
+    """One row of (loss, score) panels per run."""
+    n = max(len(histories), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 2.8 * n), squeeze=False)
+    for i, (label, hist) in enumerate(histories.items()):
+        training_curves(hist, label, score=score, ax_pair=(axes[i, 0], axes[i, 1]))
+    fig.suptitle(f"{title}: training curves")
+    fig.tight_layout()
+    return fig
+
+
+def lr_vs_score(rows: Sequence[Mapping[str, Any]], title: str, score_label: str = "best val Jaccard") -> Figure:
+    """Learning rate (log) against the score, one panel per architecture, marker size by batch."""
+    archs = sorted({str(r.get("arch")) for r in rows})
+    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.5 * max(len(archs), 1), 4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for r in rows:
+            if str(r.get("arch")) != arch or r.get("lr") is None or r.get("score") is None:
+                continue
+            ax.scatter([r["lr"]], [r["score"]], s=12 + 2 * float(r.get("batch") or 8), alpha=0.7,
+                       label=f"batch {r.get('batch')}")
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        if uniq:
+            ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"{score_label} (unitless)")
+        ax.set_title(arch, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: learning rate vs {score_label}")
+    fig.tight_layout()
+    return fig
