@@ -21,12 +21,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
+from pytorch_lightning.utilities import rank_zero_only
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
-from calib_seg.models import count_parameters
 from calib_seg.callbacks.record import describe_run, resolved_config, time_per_epoch, val_summary
 from calib_seg.callbacks.tensorboard import log_outcome
+from calib_seg.models import count_parameters
 from calib_seg.records import new_record, provenance, write_record
 
 log = logging.getLogger("calib_seg.train")
@@ -105,6 +106,23 @@ def key_choices(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def pin_ddp_children(cfg: DictConfig) -> None:
+    """Make Lightning's DDP worker processes re-run *this* job in *this* job's folder.
+
+    Without SLURM or torchrun, Lightning starts ranks > 0 by re-running ``python -m calib_seg.train
+    <sys.argv[1:]> hydra.run.dir=<HydraConfig run.dir>``. Inside a sweep that command is the whole multirun
+    again (``-m`` and the comma lists are in sys.argv) and ``run.dir`` is not the job folder; even in a single
+    run a re-resolved ``${uniq:}`` could name another folder. So hand the workers this job's own overrides, RUN
+    mode (hparams_search files set ``hydra.mode: MULTIRUN``) and the folder this job already writes to.
+    """
+    if not HydraConfig.initialized() or "ddp" not in str(cfg.trainer.get("strategy") or ""):
+        return
+    hc = HydraConfig.get()
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = str(Path(cfg.paths.output_dir).resolve())
+    sys.argv = [sys.argv[0], *hc.overrides.task, "hydra.mode=RUN"]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
     out_dir = Path(cfg.paths.output_dir)
@@ -125,6 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         callbacks = instantiate_group(cfg.get("callbacks"))
         if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
             callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
+        pin_ddp_children(cfg)
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
         if cfg.get("train", True):
@@ -169,11 +188,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                        **val_summary(callbacks, cfg.optimized_metric, None), **peak_memory_mb()})
         raise
     finally:
-        describe_run(record, task, datamodule, trainer)
-        record["provenance"] = provenance(out_dir)
-        record["config"] = resolved_config(cfg)
-        write_record(out_dir, record)
-        log_outcome(loggers, record)  # HParams entry + outcome text in TensorBoard
+        # under DDP every rank runs this function on the same folder; metrics are synced, so rank 0 speaks for all
+        if rank_zero_only.rank == 0:
+            describe_run(record, task, datamodule, trainer)
+            record["provenance"] = provenance(out_dir)
+            record["config"] = resolved_config(cfg)
+            write_record(out_dir, record)
+            log_outcome(loggers, record)  # HParams entry + outcome text in TensorBoard
     return record
 
 
@@ -203,6 +224,8 @@ def print_summary(record: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
     record = run(cfg)
+    if rank_zero_only.rank != 0:  # DDP worker: rank 0 prints, records and answers the sweeper
+        return math.nan
     print_summary(record)
     if record["status"] == "aborted":
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

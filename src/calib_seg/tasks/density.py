@@ -130,7 +130,8 @@ class DensityRegressionTask(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z = self._raw(batch["image"])
         loss = self._loss(z.float(), self.target_tf(batch["density"]).float())
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(z))
+        # sync_dist: under DDP each rank sees a shard; the epoch loss must be the mean over all of them
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(z), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -138,7 +139,8 @@ class DensityRegressionTask(pl.LightningModule):
         target = batch["density"]
         loss = self._loss(z, self.target_tf(target).float())
         pred = self.target_tf.inverse(z).float()
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z),
+                 sync_dist=True)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(pred, target)
         store = self.val_store if stage == "val" else self.test_store

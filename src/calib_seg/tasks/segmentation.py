@@ -116,7 +116,9 @@ class SegmentationTask(pl.LightningModule):
         if not curve or not all(0.0 < t < 1.0 for t in curve):
             raise ValueError(f"thresholds_curve must be non-empty values in (0, 1), got {thresholds_curve}")
         if tile_size is not None and not 0 <= int(tile_overlap) < int(tile_size):
-            raise ValueError(f"tile_overlap must satisfy 0 <= overlap < tile_size, got {tile_overlap}, {tile_size}")
+            raise ValueError(
+                f"tile_overlap must satisfy 0 <= overlap < tile_size, got {tile_overlap}, {tile_size}"
+            )
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.optimizer_factory = optimizer or _default_optimizer
@@ -164,7 +166,16 @@ class SegmentationTask(pl.LightningModule):
         logits = self.model(batch["image"])
         loss = self.loss_fn(logits, batch["mask"])
         # on_epoch accumulation keeps the tensor on device; no per-step host sync.
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        # sync_dist: under DDP each rank sees a shard; the epoch loss must be the mean over all of them
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=logits.shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +188,9 @@ class SegmentationTask(pl.LightningModule):
         metrics.update(probs, masks)
         baseline.update(torch.ones_like(probs), masks)
         n = images.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
         self.log(f"{stage}/jaccard_all_foreground", baseline, on_step=False, on_epoch=True, batch_size=n)
         return probs, masks
@@ -248,7 +261,9 @@ class SegmentationTask(pl.LightningModule):
                 }
             )
         for c in self.thresholds_curve:
-            defs[f"test/jaccard_t{c:.2f}"] = f"BinaryJaccardIndex(threshold={c}) on sigmoid probabilities, test set"
+            defs[f"test/jaccard_t{c:.2f}"] = (
+                f"BinaryJaccardIndex(threshold={c}) on sigmoid probabilities, test set"
+            )
         defs["test/best_threshold"] = (
             "threshold of the test Jaccard curve with the highest Jaccard (diagnostic only; chosen on test data, "
             f"so the headline test/jaccard stays at threshold={t})"
