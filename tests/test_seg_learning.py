@@ -23,14 +23,19 @@ from calib_seg.tasks.segmentation import SegmentationTask
 def synth_em(n: int, size: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """``n`` samples ``{"image": (1,size,size) in [0,1], "mask": (1,size,size) in {0,1}}``."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
 
     def u(a: float, b: float) -> float:
         return a + (b - a) * float(torch.rand((), generator=g))
 
     items = []
     for _ in range(n):
-        img = 0.65 + 0.05 * torch.nn.functional.avg_pool2d(torch.randn(1, 1, size, size, generator=g), 5, 1, 2)[0, 0]
+        img = (
+            0.65
+            + 0.05 * torch.nn.functional.avg_pool2d(torch.randn(1, 1, size, size, generator=g), 5, 1, 2)[0, 0]
+        )
         mask = torch.zeros(size, size)
         per_area = (size / 48) ** 2  # object counts scale with area, so larger test images look alike
         for _ in range(max(1, round(u(1.5, 3.5) * per_area))):  # mitochondria: striped dark ellipses
@@ -45,7 +50,9 @@ def synth_em(n: int, size: int, seed: int) -> list[dict[str, torch.Tensor]]:
             mask[inside] = 1
         for _ in range(max(1, round(u(1, 3) * per_area))):  # distractor: round dark blob, no stripes/rim
             cy, cx, rr = u(4, size - 4), u(4, size - 4), u(3, 6)
-            img = torch.where(((yy - cy) ** 2 + (xx - cx) ** 2 < rr**2) & (mask == 0), torch.full_like(img, 0.38), img)
+            img = torch.where(
+                ((yy - cy) ** 2 + (xx - cx) ** 2 < rr**2) & (mask == 0), torch.full_like(img, 0.38), img
+            )
         for _ in range(max(1, round(1.5 * per_area))):  # membrane-like dark line
             c, th = u(0, size), u(0, math.pi)
             d = (yy * math.cos(th) + xx * math.sin(th)) - c
@@ -90,14 +97,17 @@ def test_tiny_unet_learns_synthetic_mitochondria_well_above_all_foreground_basel
     trainer.fit(task, DataLoader(train, batch_size=8, shuffle=True), DataLoader(val, batch_size=8))
     res = trainer.test(task, DataLoader(test, batch_size=4), verbose=False)[0]
     elapsed = time.perf_counter() - t0
-    print(f"test/jaccard={res['test/jaccard']:.3f} baseline={res['test/jaccard_all_foreground']:.3f} "
-          f"best_t={res['test/best_threshold']:.2f} time={elapsed:.1f}s")
+    print(
+        f"test/jaccard={res['test/jaccard']:.3f} baseline={res['test/jaccard_all_foreground']:.3f} "
+        f"best_t={res['test/best_threshold']:.2f} time={elapsed:.1f}s"
+    )
 
     # Intensity alone is not enough: even the best global threshold, chosen on the test data itself, is far worse.
     images = torch.stack([d["image"] for d in test])
     masks = torch.stack([d["mask"] for d in test]).bool()
     best_global = max(
-        float(((images < t) & masks).sum() / ((images < t) | masks).sum()) for t in torch.linspace(0.05, 0.95, 91)
+        float(((images < t) & masks).sum() / ((images < t) | masks).sum())
+        for t in torch.linspace(0.05, 0.95, 91)
     )
     print(f"best global threshold jaccard={best_global:.3f}")
 

@@ -40,7 +40,9 @@ def run(task: SegmentationTask, logits: torch.Tensor, masks: torch.Tensor, stage
 
 
 def sk(masks: torch.Tensor, pred: torch.Tensor, metric=jaccard_score) -> float:
-    return float(metric(masks.flatten().numpy().astype(int), pred.flatten().numpy().astype(int), zero_division=0))
+    return float(
+        metric(masks.flatten().numpy().astype(int), pred.flatten().numpy().astype(int), zero_division=0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,9 @@ def test_results(data):
     return run(SegmentationTask(Passthrough(), threshold=0.5), logits, masks, "test")
 
 
-def test_test_jaccard_equals_sklearn_jaccard_score_on_thresholded_probabilities_pooled_over_batches(data, test_results):
+def test_test_jaccard_equals_sklearn_jaccard_score_on_thresholded_probabilities_pooled_over_batches(
+    data, test_results
+):
     logits, masks = data
     probs = torch.sigmoid(logits)
     assert test_results["test/jaccard"] == pytest.approx(sk(masks, probs > 0.5), abs=1e-6)
@@ -127,7 +131,14 @@ def test_validation_logs_every_documented_name_and_metric_definitions_cover_them
     logits, masks = data
     task = SegmentationTask(Passthrough())
     val = run(task, logits, masks, "val")
-    expected = {"val/loss", "val/jaccard", "val/dice", "val/precision", "val/recall", "val/jaccard_all_foreground"}
+    expected = {
+        "val/loss",
+        "val/jaccard",
+        "val/dice",
+        "val/precision",
+        "val/recall",
+        "val/jaccard_all_foreground",
+    }
     assert expected <= set(val)
     defs = task.metric_definitions()
     assert expected <= set(defs)

@@ -48,7 +48,9 @@ def build_smp(
     """
     key = str(arch).lower()
     if key not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(f"Unknown smp architecture {arch!r}. Available: {', '.join(available_architectures())}")
+        raise ValueError(
+            f"Unknown smp architecture {arch!r}. Available: {', '.join(available_architectures())}"
+        )
     if encoder_weights is not None and not allow_download:
         raise ValueError(
             f"encoder_weights={encoder_weights!r} may download files at run time, which this project forbids by "

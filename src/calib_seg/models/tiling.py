@@ -34,7 +34,11 @@ def size_divisor(model: nn.Module) -> int:
     if d is None:
         # smp models built outside our factory still carry their encoder's output stride.
         encoder = getattr(model, "encoder", None)
-        d = getattr(encoder, "output_stride", 1) if getattr(model, "requires_divisible_input_shape", False) else 1
+        d = (
+            getattr(encoder, "output_stride", 1)
+            if getattr(model, "requires_divisible_input_shape", False)
+            else 1
+        )
     return int(d)
 
 
@@ -57,7 +61,9 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
         raise ValueError(f"length {length} is smaller than the tile {tile}; pad first")
     step = max((tile - overlap) // align * align, align)
     if step > tile - overlap:
-        raise ValueError(f"tile {tile} - overlap {overlap} leaves no step that is a multiple of align={align}")
+        raise ValueError(
+            f"tile {tile} - overlap {overlap} leaves no step that is a multiple of align={align}"
+        )
     starts = list(range(0, length - tile + 1, step))
     if starts[-1] != length - tile:
         starts.append(length - tile)
@@ -69,7 +75,9 @@ def blend_window_1d(tile: int, overlap: int, margin: int, left: bool, right: boo
     w = torch.ones(tile, dtype=torch.float64)
     ramp_len = overlap - 2 * margin
     # Strictly inside (0, 1) so every ramp pixel contributes; cosine for a smooth (C1) transition.
-    ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(ramp_len, dtype=torch.float64) + 0.5) / max(ramp_len, 1))
+    ramp = 0.5 - 0.5 * torch.cos(
+        math.pi * (torch.arange(ramp_len, dtype=torch.float64) + 0.5) / max(ramp_len, 1)
+    )
     if left:
         w[:margin] = 0.0
         w[margin : margin + ramp_len] = ramp
@@ -108,7 +116,9 @@ def _restore_dims(out: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_padded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, divisor: int) -> torch.Tensor:
+def predict_padded(
+    fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, divisor: int
+) -> torch.Tensor:
     """Run ``fn`` on the whole image at once, reflect-padding H and W up to multiples of ``divisor``.
 
     Returns ``fn``'s output cropped back to the input's H x W (same number of dims as ``image``).
@@ -158,7 +168,9 @@ def predict_tiled(
     if not (0 <= oh < th and 0 <= ow < tw):
         raise ValueError(f"overlap must satisfy 0 <= overlap < tile, got overlap={(oh, ow)}, tile={(th, tw)}")
     if not (0 <= 2 * mh <= oh and 0 <= 2 * mw <= ow):
-        raise ValueError(f"margin must satisfy 0 <= 2*margin <= overlap, got margin={(mh, mw)}, overlap={(oh, ow)}")
+        raise ValueError(
+            f"margin must satisfy 0 <= 2*margin <= overlap, got margin={(mh, mw)}, overlap={(oh, ow)}"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if align < 1 or th % align or tw % align:
@@ -189,7 +201,9 @@ def predict_tiled(
             # Accumulate in at least float32 so half-precision tiles do not lose the blend sums.
             out_dtype = pred.dtype
             out = torch.zeros(
-                (n, pred.shape[1], hp, wp), dtype=torch.promote_types(out_dtype, torch.float32), device=x.device
+                (n, pred.shape[1], hp, wp),
+                dtype=torch.promote_types(out_dtype, torch.float32),
+                device=x.device,
             )
             wsum = wsum.to(out.dtype)
         for k, (i, y, c) in enumerate(chunk):

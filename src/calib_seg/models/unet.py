@@ -92,7 +92,9 @@ class AttentionGate(nn.Module):
         self.phi_g = nn.Conv2d(gate_channels, inter_channels, kernel_size=1, bias=True)
         self.psi = nn.Conv2d(inter_channels, 1, kernel_size=1, bias=True)
         # Output projection + norm as in the reference implementation: keeps the gated skip well scaled.
-        self.out = nn.Sequential(_conv(skip_channels, skip_channels, norm, kernel=1), _norm(norm, skip_channels))
+        self.out = nn.Sequential(
+            _conv(skip_channels, skip_channels, norm, kernel=1), _norm(norm, skip_channels)
+        )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.psi(F.relu(self.theta_x(x) + self.phi_g(g))))
