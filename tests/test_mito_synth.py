@@ -73,6 +73,7 @@ def test_source_splits_are_distinct_images_and_fingerprint_names_parameters():
     assert not any(np.array_equal(va.images[0], x) for x in tr.images)
     fp = src.fingerprint()
     assert fp["params"]["noise_std"] == 0.05 and fp["seed"] == 3
+    assert fp["sha256"] != MitoSynthSource(height=128, width=128, seed=4).fingerprint()["sha256"]
     with pytest.raises(ValueError, match="unknown mito_synth parameter"):
         MitoSynthSource(params={"noise": 0.1})
 

@@ -296,10 +296,12 @@ class EPFLSource:
 
     def fingerprint(self) -> dict:
         """Manifest of the four stacks (size and sha256) plus the split definition."""
+        files = file_manifest(list(self._paths.values()), self.root)
         return {
             "source": "epfl",
+            "sha256": files["sha256"],
             "root": str(self.root),
-            "files": file_manifest(list(self._paths.values()), self.root),
+            "files": files,
             "train_slices": list(self.train_slices),
             "val_slices": list(self.val_slices),
             "test_slices": list(self.test_slices),
@@ -428,10 +430,12 @@ class FolderSource:
 
     def fingerprint(self) -> dict:
         """File manifest (relative path, size, sha256) and the held-out training images."""
+        files = file_manifest(self._files, self.root)
         return {
             "source": "folder",
+            "sha256": files["sha256"],
             "root": str(self.root),
-            "files": file_manifest(self._files, self.root),
+            "files": files,
             "val_held_out_from_train": list(self.held_out),
             "splits": {k: v.names for k, v in self._splits.items()},
         }

@@ -21,6 +21,8 @@ All randomness comes from one ``numpy.random.Generator``; operations are vectori
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -358,7 +360,7 @@ class MitoSynthSource:
 
     def fingerprint(self) -> dict:
         """Generator version and every parameter: enough to regenerate the exact images."""
-        return {
+        fp = {
             "source": "mito_synth",
             "generator": GENERATOR_VERSION,
             "seed": self.seed,
@@ -366,6 +368,8 @@ class MitoSynthSource:
             "n": dict(self.n),
             "params": asdict(self.params),
         }
+        fp["sha256"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=list).encode()).hexdigest()
+        return fp
 
 
 def write_mito_folder(

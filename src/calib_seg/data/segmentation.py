@@ -312,7 +312,7 @@ class SegmentationDataModule(LightningDataModule):
         return self.get_split(split).foreground_fraction()
 
     def fingerprint(self) -> dict:
-        """What data this run saw: the source's fingerprint plus the sampling settings."""
+        """What data this run saw: the source's fingerprint (``sha256`` identifies the images) plus sampling."""
         return {
             **self.source.fingerprint(),
             "sampling": {
