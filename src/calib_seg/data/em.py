@@ -3,83 +3,37 @@
 Every reader validates its input *before* training starts (the seed project found its data bugs after an
 hour of training) and hands the data module a :class:`SegSplit` per split: a sequence of 2-D images plus the
 matching binary masks. Images may stay in their stored dtype (so the EPFL stacks can be memory-mapped);
-:func:`to_unit_float` converts a crop when it is sampled. Masks are validated once at load time to hold
-{0,1} or {0,255} only, so ``mask > 0`` is the correct binarisation afterwards.
+:func:`calib_seg.data.images.to_unit_float` (the project's one conversion, re-exported here) converts a
+crop when it is sampled. Masks are validated once at load time to hold {0,1} or {0,255} only, so ``mask > 0``
+is the correct binarisation afterwards.
 
-Conversion rules (README "Data formats"): uint8 / 255, uint16 / 65535, RGB(A) -> luminance with ITU-R 601
-weights, float images must already lie in [0, 1].
+Conversion rules: see :mod:`calib_seg.data.images` (uint8 / 255, uint16 / 65535, RGB(A) -> ITU-R 601
+luminance, float images must already lie in [0, 1]).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from calib_seg.data.images import check_unit_range as _check_unit_range
+from calib_seg.data.images import read_raw, to_unit_float
+
+__all__ = ["EPFLSource", "FolderSource", "SegSplit", "StackView", "to_unit_float", "check_binary_mask",
+           "binarize_mask", "read_image_file", "load_pairs", "file_manifest"]
+
+# lossless formats only: masks and EM images must not pass through JPEG
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+log = logging.getLogger(__name__)
 EPFL_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
-# ITU-R BT.601 luma weights, the convention for RGB -> grey throughout the project.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-# --------------------------------------------------------------------------------------------- conversions
-def to_unit_float(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Convert one image (or crop) to single-channel float32 in [0, 1].
-
-    uint8 is divided by 255, uint16 by 65535, bool maps to {0, 1}; an RGB(A) last axis is reduced to
-    luminance (ITU-R 601, alpha dropped); float input must already be in [0, 1]. Signed 32-bit integers
-    (how Pillow opens some 16-bit PNGs) are accepted when they fit in 0..65535 and scaled as uint16.
-
-    Raises:
-        ValueError: float values outside [0, 1], unsupported dtype, or not 2-D after colour reduction;
-            the message names ``name``.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        rgb = _scale_to_unit(arr[..., :3], name)
-        return np.ascontiguousarray(rgb @ _LUMA, dtype=np.float32)
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D grey or RGB(A) image, got shape {arr.shape}")
-    return _scale_to_unit(arr, name)
-
-
-def _scale_to_unit(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / np.float32(255.0)
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / np.float32(65535.0)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if arr.dtype in (np.int32, np.int64):
-        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-        if lo < 0 or hi > 65535:
-            raise ValueError(f"{name}: integer image with values {lo}..{hi} does not fit 16 bits")
-        return arr.astype(np.float32) / np.float32(65535.0)
-    if np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32, copy=False)
-        _check_unit_range(out, name)
-        return out
-    raise ValueError(
-        f"{name}: unsupported image dtype {arr.dtype} (expected uint8, uint16 or float in [0,1])"
-    )
-
-
-def _check_unit_range(arr: np.ndarray, name: str) -> None:
-    if arr.size == 0:
-        return
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or np.isnan(arr).any():
-        raise ValueError(f"{name}: float image contains NaN or inf")
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"{name}: float image values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; rescale it before use "
-            "(the project does not guess the intensity range of float data)"
-        )
-
-
+# ----------------------------------------------------------------------------------------------- masks
 def mask_values(mask: np.ndarray) -> np.ndarray:
     """Distinct values of a mask; uses a histogram for 8-bit data (fast on memory-mapped stacks)."""
     m = np.asarray(mask)
@@ -114,21 +68,11 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
-    """Read a PNG or TIFF file into a numpy array in its stored dtype."""
+    """Read a PNG or TIFF file into a numpy array in its stored dtype; unreadable files raise naming the file."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    if suffix == ".png":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA"):  # palette PNGs: expand to the stored colours, not palette indices
-                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
-            return np.asarray(im)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (expected one of {IMAGE_SUFFIXES})")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {path.suffix.lower()!r} (expected one of {IMAGE_SUFFIXES})")
+    return read_raw(path)
 
 
 # ---------------------------------------------------------------------------------------------- containers
@@ -202,7 +146,10 @@ def _open_stack(path: Path, mmap: bool) -> np.ndarray:
             return tifffile.memmap(path, mode="r")
         except (ValueError, OSError):
             pass  # compressed or tiled TIFFs cannot be memory-mapped; read them into memory instead
-    return np.asarray(tifffile.imread(path))
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:  # truncated or corrupt stacks raise many different types
+        raise ValueError(f"cannot read TIFF stack {path}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -321,10 +268,14 @@ def _list_images(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
-def load_pairs(split_dir: Path) -> tuple[SegSplit, list[Path]]:
+def load_pairs(
+    split_dir: Path, skip_bad_files: bool = False, skipped: list[str] | None = None
+) -> tuple[SegSplit, list[Path]]:
     """Load ``split_dir/images`` and ``split_dir/masks``, paired by file stem, validated and in memory.
 
-    Returns the split (images float32 [0,1], masks uint8 {0,1}) and the list of files read.
+    Returns the split (images float32 [0,1], masks uint8 {0,1}) and the list of files read. With
+    ``skip_bad_files``, a pair whose image or mask cannot be read is skipped with a warning and its image
+    file appended to ``skipped``; wrong values or shapes are still errors (they are not read failures).
     """
     img_dir, msk_dir = split_dir / "images", split_dir / "masks"
     for d in (img_dir, msk_dir):
@@ -348,8 +299,16 @@ def load_pairs(split_dir: Path) -> tuple[SegSplit, list[Path]]:
     images, masks, names, files = [], [], [], []
     for stem in sorted(imgs):
         ip, mp = imgs[stem], msks[stem]
-        img = to_unit_float(read_image_file(ip), str(ip))
-        m = read_image_file(mp)
+        try:
+            raw_img, m = read_image_file(ip), read_image_file(mp)
+        except ValueError as exc:
+            if not skip_bad_files:
+                raise
+            log.warning("skipping unreadable pair (data.source.skip_bad_files=true): %s", exc)
+            if skipped is not None:
+                skipped.append(str(ip))
+            continue
+        img = to_unit_float(raw_img, str(ip))
         if m.ndim == 3 and m.shape[-1] in (3, 4):
             # masks saved as RGB by some tools: accept only when the channels agree
             if not (np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 0], m[..., 2])):
@@ -364,6 +323,8 @@ def load_pairs(split_dir: Path) -> tuple[SegSplit, list[Path]]:
         masks.append((m > 0).astype(np.uint8))
         names.append(stem)
         files += [ip, mp]
+    if not images:
+        raise ValueError(f"{split_dir}: none of the {len(imgs)} image/mask pairs could be read (all skipped)")
     return SegSplit(images, masks, names), files
 
 
@@ -379,11 +340,14 @@ class FolderSource:
         root: dataset folder.
         val_fraction: fraction of training images held out when there is no ``val/`` folder.
         seed: which training images are held out.
+        skip_bad_files: skip image/mask pairs that cannot be read (warning; listed in the fingerprint as
+            ``skipped_files``) instead of failing.
     """
 
     root: str | Path
     val_fraction: float = 0.25
     seed: int = 0
+    skip_bad_files: bool = False
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -394,10 +358,12 @@ class FolderSource:
             raise FileNotFoundError(f"folder dataset {self.root} has no train/ folder; expected {expected}")
         self._files: list[Path] = []
         self._splits: dict[str, SegSplit] = {}
-        train, files = load_pairs(self.root / "train")
+        self.skipped_files: list[str] = []
+        bad = {"skip_bad_files": self.skip_bad_files, "skipped": self.skipped_files}
+        train, files = load_pairs(self.root / "train", **bad)
         self._files += files
         if (self.root / "val").is_dir():
-            self._splits["val"], files = load_pairs(self.root / "val")
+            self._splits["val"], files = load_pairs(self.root / "val", **bad)
             self._files += files
             self._splits["train"] = train
             self.held_out: list[str] = []
@@ -417,7 +383,7 @@ class FolderSource:
             self._splits["val"] = _subset(train, val_idx)
             self.held_out = [train.names[i] for i in val_idx]
         if (self.root / "test").is_dir():
-            self._splits["test"], files = load_pairs(self.root / "test")
+            self._splits["test"], files = load_pairs(self.root / "test", **bad)
             self._files += files
 
     def split(self, name: str) -> SegSplit:
@@ -438,6 +404,7 @@ class FolderSource:
             "files": files,
             "val_held_out_from_train": list(self.held_out),
             "splits": {k: v.names for k, v in self._splits.items()},
+            "skipped_files": [str(Path(f).relative_to(self.root)) for f in self.skipped_files],
         }
 
 
