@@ -158,7 +158,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str, score: str
         x, y = _series(history, key)
         if len(x):
             ax.plot(x, y, style, marker="o", ms=3, label=key)
-    if any(l.get_ydata().size and (np.asarray(l.get_ydata()) > 0).all() for l in ax.get_lines()):
+    if any(line.get_ydata().size and (np.asarray(line.get_ydata()) > 0).all() for line in ax.get_lines()):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (training units)")

@@ -6,6 +6,7 @@ only these files; it never re-trains.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -62,6 +63,7 @@ def _jsonable(obj: Any) -> Any:
 
 def new_record(**known: Any) -> dict[str, Any]:
     """A record with every field of :data:`RECORD_FIELDS` present (None), updated with ``known``."""
+    _code_snapshot()  # a run's record starts with its run: take the code state now, not after training
     record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
     record.update(known)
     return record
@@ -91,17 +93,29 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def code_state(run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Git commit of the calib_seg source tree and whether it was dirty; saves the diff beside the record."""
+@functools.lru_cache(maxsize=1)
+def _code_snapshot() -> tuple[str | None, bool | None, str]:
+    """(commit, dirty, diff) of the source tree, taken once per process.
+
+    Once per process because that is the code actually running: in a multirun with the in-process launcher all
+    jobs execute the modules imported at start, even if someone commits or edits files while the sweep runs.
+    """
     src = Path(__file__).resolve().parent
     commit = _git(["rev-parse", "HEAD"], src)
     if commit is None:
-        return {"git_commit": None, "git_dirty": None}
+        return None, None, ""
     status = _git(["status", "--porcelain", "--untracked-files=no"], src) or ""
     dirty = bool(status.strip())
-    info: dict[str, Any] = {"git_commit": commit.strip(), "git_dirty": dirty}
+    return commit.strip(), dirty, (_git(["diff", "HEAD"], src) or "") if dirty else ""
+
+
+def code_state(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Git commit of the calib_seg source tree and whether it was dirty; saves the diff beside the record."""
+    commit, dirty, diff = _code_snapshot()
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None}
+    info: dict[str, Any] = {"git_commit": commit, "git_dirty": dirty}
     if dirty and run_dir is not None:
-        diff = _git(["diff", "HEAD"], src) or ""
         atomic_write_text(Path(run_dir) / "git_diff.patch", diff)
         info["git_diff"] = "git_diff.patch"
     return info

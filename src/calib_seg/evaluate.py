@@ -1,0 +1,159 @@
+"""Test a checkpoint on any data config: ``python -m calib_seg.evaluate ckpt_path=... [data=...] [split=all]``.
+
+The model and task configuration come from the checkpoint's run folder (``.hydra/config.yaml`` beside
+``checkpoints/``, else the resolved config in its ``run.json``), so no model flags are needed. Without a ``data``
+override the run's own data config is used. The evaluation writes, into its own output folder, ``run.json``
+(status ``evaluated``: metrics, the checkpoint, provenance), figures (PNG + TensorBoard) and the usual logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
+from calib_seg.callbacks.figures import RunFigures
+from calib_seg.callbacks.record import describe_run, resolved_config
+from calib_seg.records import new_record, provenance, read_record, write_record
+
+log = logging.getLogger("calib_seg.evaluate")
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run folder of a checkpoint (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def load_run_config(ckpt_path: str | Path) -> DictConfig:
+    """The training config of the run that wrote ``ckpt_path``."""
+    run_dir = run_dir_of(ckpt_path)
+    hydra_cfg = run_dir / ".hydra" / "config.yaml"
+    if hydra_cfg.exists():
+        return OmegaConf.load(hydra_cfg)
+    record = read_record(run_dir)
+    if record and record.get("config"):
+        return OmegaConf.create(record["config"])
+    raise FileNotFoundError(f"no training config for {ckpt_path}: expected {hydra_cfg} or {run_dir}/run.json "
+                            "(a checkpoint written by calib_seg.train, still inside its run folder)")
+
+
+def load_task(ckpt_path: str | Path, run_cfg: DictConfig | None = None,
+              map_location: str | torch.device = "cpu") -> pl.LightningModule:
+    """Rebuild the task from its run config and load the checkpoint's weights and buffers.
+
+    The buffers carry the density task's fitted target transform and input statistics, so the loaded task
+    predicts in beads/mm² on [0, 1] images with no extra flags. ``weights_only=False`` because the segmentation
+    task's hyperparameters hold its optimizer factory; only load checkpoints you trust (your own runs).
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    run_cfg = run_cfg if run_cfg is not None else load_run_config(ckpt_path)
+    task = instantiate(run_cfg.task, model=instantiate(run_cfg.model))
+    state = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    task.load_state_dict(state["state_dict"])
+    return task.eval()
+
+
+def _data_overridden() -> bool:
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").startswith(("data=", "data.", "data/")) for o in HydraConfig.get().overrides.task)
+
+
+def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any]:
+    """Test ``cfg.ckpt_path`` on the configured data; write and return the evaluation record."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(cfg.ckpt_path)
+    run_cfg = load_run_config(ckpt)
+    if use_run_data is None:
+        use_run_data = not _data_overridden()
+    data_cfg = run_cfg.data if use_run_data else cfg.data
+    trained = read_record(run_dir_of(ckpt)) or {}
+    record = new_record(status="running", task=run_cfg.get("task_name"), run_dir=str(out_dir),
+                        choices=trained.get("choices"), optimized_metric=run_cfg.get("optimized_metric"))
+    record.update({"checkpoint": str(ckpt.resolve()), "trained_run_dir": str(run_dir_of(ckpt).resolve()),
+                   "trained_provenance": trained.get("provenance"), "split": cfg.get("split", "test")})
+    t0 = time.perf_counter()
+    task = datamodule = trainer = None
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        task = load_task(ckpt, run_cfg)
+        datamodule = instantiate(data_cfg)
+        if cfg.get("split", "test") == "all":
+            _test_on_everything(datamodule)
+        loggers = [lg for lg in (instantiate(n) for n in (cfg.get("logger") or {}).values() if n) if lg]
+        figures = RunFigures(dirpath=str(out_dir / "figures"), title=f"evaluate {run_cfg.get('run_name', '')}")
+        trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=loggers or False,
+                             callbacks=[figures], default_root_dir=str(out_dir), enable_checkpointing=False,
+                             enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", False)),
+                             enable_model_summary=False)
+        results = trainer.test(task, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if hasattr(datamodule, "reference_metrics") and cfg.get("split", "test") == "test":
+            metrics.update(datamodule.reference_metrics("test"))
+        record.update({"status": "evaluated", "metrics": metrics, "test_metrics": metrics,
+                       "wall_time_s": time.perf_counter() - t0})
+        if getattr(task, "last_test", None):
+            _write_predictions(out_dir, task.last_test)
+    except Exception as exc:
+        import traceback
+
+        record.update({"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
+        raise
+    finally:
+        from calib_seg.train import peak_memory_mb
+
+        record.update(peak_memory_mb())
+        describe_run(record, task, datamodule, trainer)
+        record["provenance"] = provenance(out_dir)
+        record["config"] = {"evaluate": resolved_config(cfg), "data": OmegaConf.to_container(data_cfg),
+                            "model": OmegaConf.to_container(run_cfg.model), "task": OmegaConf.to_container(run_cfg.task)}
+        write_record(out_dir, record)
+    return record
+
+
+def _test_on_everything(datamodule: Any) -> None:
+    """Make the density datamodule's test split every image (a new batch is all test data)."""
+    if not hasattr(datamodule, "prepare") or not hasattr(datamodule, "split"):
+        raise ValueError("split=all is supported for density data only; segmentation data has its own test split")
+    beads = datamodule.prepare()
+    datamodule.split = dataclasses.replace(datamodule.split, test=np.arange(len(beads)))
+
+
+def _write_predictions(out_dir: Path, last_test: dict[str, np.ndarray]) -> None:
+    """Per-image test predictions (loader order) as CSV, for plots and audits outside Python."""
+    from calib_seg.records import atomic_write_text
+
+    lines = ["target_beads_per_mm2,predicted_beads_per_mm2,dilution"]
+    for t, p, d in zip(last_test["target"], last_test["pred"], last_test.get("dilution", [])):
+        lines.append(f"{t:.6g},{p:.6g},{d:g}")
+    atomic_write_text(out_dir / "test_predictions.csv", "\n".join(lines) + "\n")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    record = evaluate(cfg)
+    m = record["metrics"] or {}
+    shown = {k: round(v, 4) for k, v in m.items() if k in ("test/r2", "test/mae", "test/rmse", "test/jaccard",
+                                                           "test/dice", "test/r2_oracle")}
+    print(f"evaluated {cfg.ckpt_path}: {shown}\nrecord: {Path(cfg.paths.output_dir) / 'run.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Apply a checkpoint to new images: ``python -m calib_seg.predict ckpt_path=... input=... output=...``.
+
+- density: a CSV with one row per image (per frame for TIFF stacks): predicted beads/mm² and, when the pixel
+  size is known, the implied bead count in the field of view (density x FOV area);
+- segmentation: one mask per input (same shape; stacks stay stacks), optionally probability maps; images larger
+  than the training patch are predicted in overlapping tiles (:func:`calib_seg.models.tiling.predict_tiled`).
+
+Inputs follow the README's conversion rules (:mod:`calib_seg.data.images`). Normalisation travels in the
+checkpoint (target transform, input statistics), so the only facts needed are the camera's: bit depth and pixel
+size come from the input's ``dataset.json`` or, failing that, from the training data config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from calib_seg import resolvers  # noqa: F401
+from calib_seg.data.images import IMAGE_SUFFIXES, list_images, read_raw, to_unit_float
+from calib_seg.evaluate import load_run_config, load_task
+from calib_seg.records import atomic_write_text
+
+log = logging.getLogger("calib_seg.predict")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def input_files(path: str | Path) -> list[Path]:
+    """The image files of ``input``: the file itself, or a folder's images (also its ``images/`` sub-folder)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = list_images(path)
+        if not files and (path / "images").is_dir():
+            files = list_images(path / "images")
+        if not files:
+            raise FileNotFoundError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    raise FileNotFoundError(f"input {path} does not exist")
+
+
+def frames(path: Path) -> list[np.ndarray]:
+    """Raw 2-D frames of one file: one for an image, one per page of a grey TIFF stack."""
+    arr = read_raw(path)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        return [arr[i] for i in range(arr.shape[0])]
+    return [arr]
+
+
+def camera_facts(cfg: DictConfig, run_cfg: DictConfig) -> tuple[int | None, float | None]:
+    """(bit depth, pixel size µm): explicit config, else the input's dataset.json, else the training data's."""
+    bit, pixel = cfg.get("bit_depth"), cfg.get("pixel_size_um")
+    inp = Path(cfg.input)
+    for folder in ([inp] if inp.is_dir() else []) + [inp.parent, inp.parent.parent]:
+        facts_path = folder / "dataset.json"
+        if facts_path.exists():
+            facts = json.loads(facts_path.read_text())
+            bit = bit or facts.get("bit_depth")
+            pixel = pixel or facts.get("pixel_size_um")
+            break
+    source = (run_cfg.get("data") or {}).get("source") or {}
+    physics = source.get("physics") or {}
+    if "SyntheticBeads" in str(source.get("_target_", "")):
+        # the simulator's defaults when the config leaves them out (calib_seg.data.beads.BeadPhysics)
+        from calib_seg.data.beads import BeadPhysics
+
+        defaults = BeadPhysics()
+        bit = bit or physics.get("bit_depth") or defaults.bit_depth
+        pixel = pixel or physics.get("pixel_size_um") or defaults.pixel_size_um
+    else:
+        bit = bit or source.get("bit_depth")
+        pixel = pixel or source.get("pixel_size_um")
+    return (int(bit) if bit else None), (float(pixel) if pixel else None)
+
+
+def _progress(items: list[Any], what: str) -> Iterator[Any]:
+    if len(items) < 20:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=what)
+
+
+# ------------------------------------------------------------------------------------------------ density
+def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_size_um: float | None,
+                    batch_size: int = 16) -> list[dict[str, Any]]:
+    """One row per image/frame: file, frame, predicted beads/mm², FOV area and implied count (None if unknown)."""
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[Path, int, np.ndarray]] = []
+
+    def flush() -> None:
+        shapes = {a.shape for _, _, a in pending}
+        groups = [[p for p in pending if p[2].shape == s] for s in shapes] if len(shapes) > 1 else [pending]
+        for group in groups:
+            x = torch.from_numpy(np.stack([a for _, _, a in group]))[:, None].to(task.device)
+            with torch.no_grad():
+                pred = task(x).double().cpu().numpy().reshape(-1)
+            for (f, i, a), d in zip(group, pred):
+                area = a.shape[0] * a.shape[1] * (pixel_size_um * 1e-3) ** 2 if pixel_size_um else None
+                rows.append({"file": str(f), "frame": i, "height": a.shape[0], "width": a.shape[1],
+                             "predicted_beads_per_mm2": float(d), "fov_area_mm2": area,
+                             "implied_count_in_fov": float(d) * area if area else None})
+        pending.clear()
+
+    for f in _progress(files, "predicting densities"):
+        for i, raw in enumerate(frames(f)):
+            pending.append((f, i, to_unit_float(raw, f"{f} frame {i}", bit_depth)))
+            if len(pending) >= batch_size:
+                flush()
+    if pending:
+        flush()
+    return rows
+
+
+def write_density_csv(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Write the density rows (empty cells for unknown values) atomically."""
+    cols = ["file", "frame", "height", "width", "predicted_beads_per_mm2", "fov_area_mm2", "implied_count_in_fov"]
+    lines = [",".join(cols)]
+    for r in rows:
+        lines.append(",".join("" if r[c] is None else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c]))
+                              for c in cols))
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+def predict_probabilities(task: Any, image: np.ndarray, patch: int | None) -> np.ndarray:
+    """Foreground probabilities of one [0, 1] image with its shape; tiled when larger than the training patch."""
+    x = torch.from_numpy(image)[None, None].to(task.device)
+    tile = task.hparams.get("tile_size") or patch
+    old = task.hparams.get("tile_size")
+    if tile and (image.shape[0] > tile or image.shape[1] > tile):
+        task.hparams.tile_size = int(tile)  # the task's own tiled path (overlap, blending, pooling-grid alignment)
+    try:
+        with torch.no_grad():
+            prob = task.predict_proba(x)
+    finally:
+        task.hparams.tile_size = old
+    return prob[0, 0].float().cpu().numpy()
+
+
+def predict_segmentation(task: Any, files: list[Path], out_dir: Path, patch: int | None, mask_format: str = "tif",
+                         save_probabilities: bool = False, bit_depth: int | None = None) -> list[Path]:
+    """Write ``<stem>_mask.<fmt>`` (uint8, 255 = foreground at the task's threshold) per input file."""
+    import tifffile
+    from PIL import Image
+
+    if mask_format not in ("tif", "png"):
+        raise ValueError(f"mask_format must be tif or png, got {mask_format!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threshold = float(getattr(task, "threshold", 0.5))
+    written = []
+    for f in _progress(files, "segmenting"):
+        probs = [predict_probabilities(task, to_unit_float(raw, f"{f} frame {i}", bit_depth), patch)
+                 for i, raw in enumerate(frames(f))]
+        stack = np.stack(probs)
+        masks = ((stack >= threshold) * 255).astype(np.uint8)
+        if mask_format == "png" and len(masks) == 1:
+            path = out_dir / f"{f.stem}_mask.png"
+            Image.fromarray(masks[0]).save(path)
+        else:
+            path = out_dir / f"{f.stem}_mask.tif"
+            tifffile.imwrite(path, masks if len(masks) > 1 else masks[0])
+        written.append(path)
+        if save_probabilities:
+            tifffile.imwrite(out_dir / f"{f.stem}_prob.tif", stack if len(stack) > 1 else stack[0])
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def predict(cfg: DictConfig) -> Path:
+    """Run the prediction described by ``cfg``; return the CSV path (density) or the mask folder."""
+    run_cfg = load_run_config(cfg.ckpt_path)
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") else "cpu"
+    task = load_task(cfg.ckpt_path, run_cfg).to(device)
+    files = input_files(cfg.input)
+    bit, pixel = camera_facts(cfg, run_cfg)
+    out = Path(cfg.output)
+    if hasattr(task, "predict_proba"):
+        patch = (run_cfg.get("data") or {}).get("patch_size")
+        predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),
+                             bool(cfg.get("save_probabilities", False)), bit)
+        return out
+    csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
+    rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)))
+    return write_density_csv(rows, csv_path)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    print(f"wrote {predict(cfg)}")
+
+
+if __name__ == "__main__":
+    main()
