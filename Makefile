@@ -32,4 +32,44 @@ lint: $(VENV_STAMP) ## ruff
 tensorboard: $(VENV_STAMP) ## serve TensorBoard over outputs/ and multirun/ (port 6006)
 	.venv/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --port 6006 --bind_all
 
-.PHONY: help install train test test-full lint tensorboard
+# --- sweeps -------------------------------------------------------------------------------------------------
+# Each grid is a file in conf/hparams_search/ (hydra.sweeper.params). The sweep folder is chosen here, not by
+# Hydra, so the target knows exactly where the sweep landed even when other sweeps start in the same second:
+# multirun/<date>/<time>_<grid>_<random>. A hydra.sweep.dir=... inside ARGS wins (the report then reads that).
+# The report runs even when some jobs failed (it is where failures are listed); the target still exits with
+# the sweep's status.
+SWEEP_DIR_ARG = $(patsubst hydra.sweep.dir=%,%,$(filter hydra.sweep.dir=%,$(ARGS)))
+define run_sweep
+	@dir="$(or $(SWEEP_DIR_ARG),multirun/$$(date +%Y-%m-%d)/$$(date +%H-%M-%S)_$(1)_$$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n'))"; \
+	set -x; $(PY) -m calib_seg.train -m hparams_search=$(1) hydra.sweep.dir="$$dir" $(ARGS); rc=$$?; set +x; \
+	echo "sweep $(1) landed in $$dir (exit $$rc)"; \
+	if $(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("calib_seg.report") is None)'; then \
+		$(PY) -m calib_seg.report "$$dir" || echo "report failed (exit $$?): python -m calib_seg.report $$dir"; \
+	else echo "calib_seg.report not installed yet: run python -m calib_seg.report $$dir later"; fi; \
+	exit $$rc
+endef
+
+sweep-filters: $(VENV_STAMP) ## C01..C04 grid (4 runs) + report; ARGS="data=beads_synth trainer.max_epochs=5 hydra/launcher=slurm ..."
+	$(call run_sweep,filters)
+
+sweep-arch: $(VENV_STAMP) ## architecture study (3 runs: Baseline_Shallow/Deep, ResNet_Deep) + report; ARGS="..."
+	$(call run_sweep,arch)
+
+sweep-hpo: $(VENV_STAMP) ## mito 36-run grid (model x lr x batch) + report; ARGS="data.source.root=/path/to/epfl hydra/launcher=slurm"
+	$(call run_sweep,hpo_mito)
+
+slurm-up: ## start a single-node SLURM cluster on this machine (root/sudo, apt; idempotent)
+	scripts/slurm-local-up
+
+slurm-down: ## stop the daemons slurm-up started
+	scripts/slurm-local-down
+
+# newest sweep = the most recently modified multirun/<date>/<folder>/ (override: make report SWEEP=multirun/...)
+SWEEP ?= $(shell ls -dt multirun/*/*/ 2>/dev/null | head -1)
+report: $(VENV_STAMP) ## sweep report (report.md, summary.csv, report_figures/) into SWEEP=multirun/<date>/<folder> (default: newest)
+	@test -n "$(SWEEP)" || { echo "no sweep folder under multirun/; pass SWEEP=path/to/sweep"; exit 2; }
+	$(PY) -m calib_seg.report $(SWEEP)
+
+.PHONY: report
+
+.PHONY: help install train test test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down
