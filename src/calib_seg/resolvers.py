@@ -9,8 +9,13 @@ import sys
 from omegaconf import OmegaConf
 
 
-def _safe_name(text: str, max_len: int = 80) -> str:
-    """A job-folder-safe version of an override string (no slashes or shell-hostile characters)."""
+def _safe_name(text: str, max_len: int = 200) -> str:
+    """A job-folder-safe version of an override string (no slashes or shell-hostile characters).
+
+    200 characters: Hydra sorts the overrides by key, so with a few fixed overrides (tiny sizes, epochs) a short
+    cut hid the swept value (``experiment=...`` sorts after ``data.*``); 200 + the ``<num>_`` prefix stays
+    below the 255-byte file-name limit of common file systems.
+    """
     text = re.sub(r"[^A-Za-z0-9_.,=\-\[\]]+", "_", str(text)).strip("_")
     return text[:max_len] or "default"
 
