@@ -146,3 +146,35 @@ def test_mito_presets_compose_and_optimise_val_jaccard(preset):
     assert cfg.task._target_ == "calib_seg.tasks.segmentation.SegmentationTask"
     assert cfg.task.loss == "focal" and cfg.task.optimizer.lr == pytest.approx(1e-3)
     assert cfg.model._target_.startswith("calib_seg.models.unet.")
+
+
+def test_checkpoint_of_config_built_task_loads_with_weights_only_and_restores_the_model(tmp_path):
+    # Lightning's ckpt_path="best" uses torch.load(weights_only=True): hparams must be plain values, not the
+    # Hydra optimizer/scheduler partials or ListConfigs.
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from calib_seg.tasks.segmentation import SegmentationTask
+
+    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml")
+    task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
+    batch = {"image": torch.rand(2, 1, 16, 16), "mask": (torch.rand(2, 1, 16, 16) > 0.8).float()}
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        devices=1,
+    )
+    loader = DataLoader([batch], batch_size=None)
+    trainer.fit(task, loader, loader)
+    path = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    assert "Adam" in ckpt["hyper_parameters"]["optimizer"]
+    restored = SegmentationTask.load_from_checkpoint(path, model=UNet(base_filters=4, depth=2))
+    x = torch.rand(1, 1, 16, 16)
+    torch.testing.assert_close(restored.eval()(x), task.eval()(x))

@@ -59,6 +59,18 @@ def build_loss(name: str) -> nn.Module:
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
+def _describe(factory: Callable[..., Any] | None) -> str | None:
+    """Plain-string description of a ``functools.partial`` factory, e.g. ``"torch.optim.adam.Adam(lr=0.001)"``."""
+    if factory is None:
+        return None
+    func = getattr(factory, "func", factory)
+    # Hydra wraps partial targets; unwrap to the real class/function for a readable name.
+    func = getattr(func, "target", func)
+    name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}".lstrip(".")
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in getattr(factory, "keywords", {}).items())
+    return f"{name}({kwargs})"
+
+
 def _default_optimizer(params):
     return torch.optim.Adam(params, lr=1e-3)
 
@@ -119,7 +131,12 @@ class SegmentationTask(pl.LightningModule):
             raise ValueError(
                 f"tile_overlap must satisfy 0 <= overlap < tile_size, got {tile_overlap}, {tile_size}"
             )
-        self.save_hyperparameters(ignore=["model"])
+        # The model is saved in the state dict; the optimizer/scheduler partials are kept out of hparams (and
+        # recorded as plain strings) so checkpoints load with torch.load(weights_only=True), Lightning's default.
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.hparams["optimizer"] = _describe(optimizer) if optimizer is not None else "Adam(lr=0.001)"
+        self.hparams["scheduler"] = _describe(scheduler)
+        self.hparams["thresholds_curve"] = list(curve)  # a Hydra ListConfig would not load with weights_only
         self.model = model
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
