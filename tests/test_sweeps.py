@@ -123,6 +123,20 @@ def test_product_card_forms_a_sweep_over_lists_and_over_experiments():
 
 
 # --- folders ---------------------------------------------------------------------------------------------------
+def test_job_folder_names_put_the_grid_parameters_first_then_the_other_overrides_sorted():
+    from calib_seg.resolvers import _job_dirname
+
+    job = expand(["hparams_search=hpo_mito", "trainer.max_epochs=1", "data=mito_synth", "ckpt_path=null"])[5]
+    GlobalHydra.instance().clear()
+    try:
+        cfg = compose(job, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    # hparams_search and ckpt_path are excluded (same for every job / must not move a resumed job's folder)
+    assert _job_dirname(_root_=cfg) == ("model=unet,task.optimizer.lr=0.001,data.batch_size=32,"
+                                        "data=mito_synth,trainer.max_epochs=1")
+
+
 def _jobs_of(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
 
@@ -182,7 +196,7 @@ def test_make_sweep_target_prints_where_the_sweep_landed_and_runs_the_report(tmp
     assert f"sweep filters landed in {tmp_path}/s" in out.stdout
     assert [r["choices"]["experiment"] for r in _jobs_of(tmp_path / "s")] == ["C01", "C02", "C03", "C04"]
     names = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert [n.split("experiment=")[1][:3] for n in names] == ["C01", "C02", "C03", "C04"], names
+    assert [n.split("_", 1)[1][:14] for n in names] == [f"experiment=C0{i}" for i in range(1, 5)], names
     assert not any("hparams_search" in n for n in names)  # same for every job: left out of the name
     # the report runs when calib_seg.report exists (it is optional for the target, never silently skipped)
     assert (tmp_path / "s" / "report.md").exists() or "calib_seg.report not installed" in out.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import sys
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -20,6 +21,28 @@ def _safe_name(text: str, max_len: int = 200) -> str:
     return text[:max_len] or "default"
 
 
+def _job_dirname(*, _root_: Any) -> str:
+    """The job-folder name after the index: the job's overrides, grid parameters first.
+
+    Like Hydra's ``override_dirname`` (sorted ``key=value`` overrides minus ``exclude_keys``), except that the keys
+    of ``hydra.sweeper.params`` (an ``hparams_search`` grid) come first, so the swept values stay visible when
+    fixed overrides (tiny sizes, epochs, data) would otherwise push them past the length cut. Sorted otherwise,
+    so the name does not depend on the order overrides were typed in (a re-run sweep finds its job folders).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = _root_.hydra
+    opts = hydra_cfg.job.config.override_dirname
+    exclude = set(opts.exclude_keys or [])
+    swept = list((hydra_cfg.sweeper.get("params") or {}).keys())
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    kept = [o for o in overrides if o.key_or_group not in exclude]
+    first = sorted((o for o in kept if o.key_or_group in swept), key=lambda o: swept.index(o.key_or_group))
+    rest = sorted(o.input_line for o in kept if o.key_or_group not in swept)
+    lines = [o.input_line for o in first] + rest
+    return _safe_name(opts.item_sep.join(line.replace("=", opts.kv_sep, 1) for line in lines))
+
+
 def register() -> None:
     """Register resolvers once (idempotent)."""
     if not OmegaConf.has_resolver("uniq"):
@@ -28,6 +51,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("uniq", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("safe_name"):
         OmegaConf.register_new_resolver("safe_name", _safe_name)
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", _job_dirname)
     if not OmegaConf.has_resolver("is_interactive"):
         OmegaConf.register_new_resolver("is_interactive", lambda: sys.stdout.isatty())
 
