@@ -1,0 +1,164 @@
+"""B1 density quality: our density model vs the oracle counter vs a classical LoG counter vs the training mean.
+
+Two data sets, both simulated by :mod:`calib_seg.data.beads` with the seed's physics (0.512 mm FOV, 4 um beads,
+dilutions 50x..51200x = 7964..15 beads/mm²):
+
+- ``seed_scale``: the seed study's size, 11 dilutions x 35 images = 385 images (the seed had 384). Full size:
+  512x512 px at 1 um/px (``data=beads_seed``, preset C02). Quick (CPU): the same FOV and physics sampled at
+  128x128 px of 4 um (the CPU default's sampling), same 385 images.
+- ``cpu_default``: ``data=beads_synth`` as shipped (660 images, 128 px).
+
+The model is trained with ``calib_seg.train.run`` on a composed config (default callbacks), tested on its
+best checkpoint; its test predictions are recomputed from that checkpoint to cross-check R² with scikit-learn.
+Oracle = realised count / FOV area. Classical = LoG blob count with sigma range and threshold tuned on the
+training split, then a least-squares line count -> density fitted on the training split. Mean = the training
+split's mean density for every test image. All on the same test split (stratified 15 % per dilution).
+
+    .venv/bin/python benchmarks/b1_density_quality.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import common
+import numpy as np
+import torch
+from classical import LoGCounter
+from sklearn.metrics import r2_score
+
+DATASETS = {
+    # name: (quick overrides, full overrides)
+    "seed_scale": (["data.source.n_per_level=35"], ["experiment=C02", "data=beads_seed", "data.source.n_per_level=35"]),
+    "cpu_default": ([], []),
+}
+
+
+def evaluate_dataset(name: str, overrides: list[str], epochs: int | None) -> dict:
+    from calib_seg.evaluate import load_task
+
+    ov = list(overrides) + ["trainer.enable_progress_bar=false"]
+    if epochs:
+        ov.append(f"trainer.max_epochs={epochs}")
+    t0 = time.perf_counter()
+    record = common.run_training(ov, f"b1_{name}")
+    train_s = time.perf_counter() - t0
+    if record["status"] != "completed":
+        raise RuntimeError(f"B1 {name}: training ended {record['status']}: {record.get('reason')}")
+
+    # the same data (deterministic simulation + split) for the baselines and the sklearn cross-check
+    cfg = common.compose_run_cfg(ov, common.WORK / "scratch")
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    beads = dm.prepare()
+    split = dm.split
+    x_train = beads.images[split.train].astype(np.float64) / beads.scale
+    x_test = beads.images[split.test].astype(np.float64) / beads.scale
+    y_train, y_test = beads.density[split.train], beads.density[split.test]
+    dil_test = beads.dilution[split.test]
+
+    ckpt = record["run_dir"] + "/checkpoints/" + sorted(
+        p.name for p in (common.Path(record["run_dir"]) / "checkpoints").glob("best-epoch*.ckpt"))[-1]
+    task = load_task(ckpt)
+    with torch.no_grad():
+        pred_model = np.concatenate([task(torch.from_numpy(x_test[i:i + 64].astype(np.float32))[:, None]).numpy()
+                                     for i in range(0, len(x_test), 64)]).reshape(-1)
+
+    oracle = dm.oracle_density("test")
+    phys = dm.source.physics
+    r_px = 0.5 * phys.bead_diameter_um / phys.pixel_size_um
+    base = math.sqrt((r_px / math.sqrt(2)) ** 2 + (phys.psf_sigma_um / phys.pixel_size_um) ** 2)
+    counter = LoGCounter(sigma_sets=[tuple(round(base * f * k, 3) for k in (0.7, 1.0, 1.4)) for f in (0.7, 1.0, 1.4, 2.0)])
+    t1 = time.perf_counter()
+    counter.fit(x_train, y_train)
+    pred_classical = counter.predict(x_test)
+    classical_s = time.perf_counter() - t1
+    pred_mean = np.full_like(y_test, y_train.mean())
+
+    methods = {"model": pred_model, "oracle": oracle, "classical": pred_classical, "train_mean": pred_mean}
+    out = {"n_images": len(beads), "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+           "image_px": int(phys.image_size), "pixel_um": phys.pixel_size_um, "overrides": ov,
+           "epochs": record.get("epochs"), "best_epoch": record.get("best_epoch"), "train_wall_s": train_s,
+           "run_dir": record["run_dir"], "classical_params": {"sigmas_px": counter.sigmas,
+           "threshold": counter.threshold, "slope": counter.slope, "intercept": counter.intercept,
+           "train_mae": counter.train_mae, "fit_s": classical_s},
+           "record_test_r2": record["test_metrics"].get("test/r2"), "record_test_mae": record["test_metrics"].get("test/mae"),
+           "methods": {}}
+    for m, p in methods.items():
+        met = common.regression_metrics(p, y_test)
+        met["r2_sklearn"] = float(r2_score(y_test, p))
+        met["per_dilution_mae"] = common.per_dilution_mae(p, y_test, dil_test)
+        out["methods"][m] = met
+    return out
+
+
+def markdown(res: dict, header: str, goals: dict) -> str:
+    parts = [header]
+    for name, d in res["datasets"].items():
+        parts.append(f"\n### {name}: {d['n_images']} images at {d['image_px']} px ({d['pixel_um']} um/px), "
+                     f"test n={d['n_test']}; model trained {d['epochs']} epochs (best {d['best_epoch']}), "
+                     f"{d['train_wall_s']:.0f} s\n")
+        rows = [[m, v["r2"], v["r2_sklearn"], v["mae"], v["rmse"], v["mape"]] for m, v in d["methods"].items()]
+        parts.append(common.md_table(["method", "R²", "R² (sklearn)", "MAE", "RMSE", "MAPE %"], rows))
+        dils = list(d["methods"]["oracle"]["per_dilution_mae"])
+        rows = [[m] + [v["per_dilution_mae"][k] for k in dils] for m, v in d["methods"].items()]
+        parts.append("\nPer-dilution MAE [beads/mm²]:\n\n" + common.md_table(["method", *dils], rows))
+        cp = d["classical_params"]
+        parts.append(f"\nClassical counter tuned on train: LoG sigmas {cp['sigmas_px']} px, threshold "
+                     f"{cp['threshold']:.4g}, density = {cp['slope']:.4g} x count + {cp['intercept']:.4g}. "
+                     f"calib_seg run record: test R² {d['record_test_r2']:.5f}, MAE {d['record_test_mae']:.2f} "
+                     f"(recomputed above from the best checkpoint). Overrides: `{' '.join(d['overrides'])}`.")
+    parts.append("\n### Goals (seed-scale set)\n")
+    parts.append(common.md_table(["goal", "target", "measured", "met"], [
+        ["R² gap to oracle", "<= 0.001", f"{goals['r2_gap']:.4f}", "yes" if goals["r2_met"] else "**no**"],
+        ["MAE / oracle MAE", "<= 1.2", f"{goals['mae_ratio']:.2f}", "yes" if goals["mae_met"] else "**no**"],
+        ["model vs classical (MAE)", "model lower", f"{goals['mae_model']:.1f} vs {goals['mae_classical']:.1f}",
+         "yes" if goals["mae_model"] < goals["mae_classical"] else "**no**"],
+    ]))
+    if not (goals["r2_met"] and goals["mae_met"]):
+        parts.append("\n" + goals["why"])
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CPU size (128 px sampling, fewer epochs)")
+    ap.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs (quick default 20)")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    args = ap.parse_args()
+    epochs = args.epochs or (20 if args.quick else None)
+    load0, t0 = common.load_avg(), time.perf_counter()
+    res = {"datasets": {}}
+    for name in args.datasets:
+        quick_ov, full_ov = DATASETS[name]
+        print(f"B1: {name}", flush=True)
+        res["datasets"][name] = evaluate_dataset(name, quick_ov if args.quick else full_ov, epochs)
+    main_set = res["datasets"].get("seed_scale") or next(iter(res["datasets"].values()))
+    mm = main_set["methods"]
+    goals = {"r2_gap": mm["oracle"]["r2"] - mm["model"]["r2"], "mae_ratio": mm["model"]["mae"] / mm["oracle"]["mae"],
+             "mae_model": mm["model"]["mae"], "mae_classical": mm["classical"]["mae"]}
+    goals["r2_met"], goals["mae_met"] = goals["r2_gap"] <= 0.001, goals["mae_ratio"] <= 1.2
+    goals["why"] = ("Why missed: the oracle sees the realised bead count, so its error is only the Poisson "
+                    "scatter of the count around the nominal density; a model that predicts exactly that count "
+                    "would tie it. On CPU the model trains "
+                    f"{main_set['epochs']} epochs on {main_set['n_train']} images at 4 um/px, where a 4 um bead "
+                    "is one pixel and beads at 50x-200x overlap heavily, so the residual error is the model's "
+                    "own counting error on top of the Poisson floor (see the per-dilution MAE: where it is "
+                    "largest). The full size (512 px at 1 um/px, C02, 50 epochs on a GPU) is the setting the "
+                    "goal is meant for; it was not run here.")
+    res.update({"r2_model": mm["model"]["r2"], "r2_oracle": mm["oracle"]["r2"], "r2_classical": mm["classical"]["r2"],
+                "r2_train_mean": mm["train_mean"]["r2"], "mae_model": mm["model"]["mae"],
+                "mae_oracle": mm["oracle"]["mae"], "mae_classical": mm["classical"]["mae"],
+                "goals": goals, "quick": args.quick, "command": common.command_line(), "load_avg_start": load0})
+    load1 = common.load_avg()
+    res["load_avg_end"] = load1
+    header = common.section_header("B1", args.quick, [res["command"]], load0, load1, time.perf_counter() - t0)
+    common.write_section("B1", res, markdown(res, header, goals))
+    print(common.RESULTS_MD.read_text())
+
+
+if __name__ == "__main__":
+    main()
