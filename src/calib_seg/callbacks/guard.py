@@ -51,6 +51,7 @@ def check(
     r2_min: float | None = 0.0,
     collapse_fraction: float | None = 0.1,
     jaccard_margin: float | None = 0.02,
+    min_steps: int = 50,
 ) -> str | None:
     """The first rule the latest epoch breaks, as the abort message; ``None`` while the run looks healthy.
 
@@ -58,7 +59,8 @@ def check(
         history: one mapping per validated epoch, oldest first. Each holds ``epoch`` (1-based) and the metrics
             of that epoch (``val/loss``, ``val/r2``, ``val/jaccard``, ``val/jaccard_all_foreground``,
             ``train/loss``, ...) and, for density, ``pred_std``/``target_std``/``pred_range``/``target_range``.
-            Keys a rule needs but the entry lacks switch that rule off (e.g. R² for segmentation).
+            Keys a rule needs but the entry lacks switch that rule off (e.g. R² for segmentation). An optional
+            ``step`` (optimizer steps so far) is compared with ``min_steps``.
         non_finite: abort at once when any number of the latest entry is NaN or infinite.
         flat_patience: from this epoch on, abort when the best ``val/loss`` so far improved on the first one by
             less than ``min_rel_delta`` (relative). ``None`` = off.
@@ -69,6 +71,9 @@ def check(
             fraction of the targets' at or after ``grace_epochs``. ``None`` = off.
         jaccard_margin: abort when ``val/jaccard <= val/jaccard_all_foreground + jaccard_margin`` at or after
             ``grace_epochs``. ``None`` = off.
+        min_steps: rules 2-5 also wait until ``step >= min_steps``. Epochs of one or two optimizer steps (the
+            seed's C01: ~270 images at batch 256) teach nothing yet, and BatchNorm running statistics lag the
+            weights for tens of steps, so val/loss is flat and R² ~ 0 in a healthy run that early.
 
     Returns:
         ``"aborted at epoch <n>: <rule and numbers>"`` or ``None``.
@@ -82,9 +87,12 @@ def check(
         return f"aborted at epoch {epoch}: {text}"
 
     if non_finite:
-        bad = sorted(k for k, v in last.items() if k != "epoch" and not math.isfinite(float(v)))
+        bad = sorted(k for k, v in last.items() if k not in ("epoch", "step") and not math.isfinite(float(v)))
         if bad:
             return fired(", ".join(f"{k} = {float(last[k])}" for k in bad) + " is not finite")
+
+    if int(last.get("step", min_steps)) < min_steps:
+        return None
 
     if flat_patience is not None and epoch >= flat_patience:
         losses = [float(h["val/loss"]) for h in history if "val/loss" in h]
@@ -135,6 +143,7 @@ class TrainingGuard(pl.Callback):
         r2_min: float | None = 0.0,
         collapse_fraction: float | None = 0.1,
         jaccard_margin: float | None = 0.02,
+        min_steps: int = 50,
     ) -> None:
         if flat_patience is not None and flat_patience < 1:
             raise ValueError(f"flat_patience must be >= 1 or null, got {flat_patience}")
@@ -144,7 +153,7 @@ class TrainingGuard(pl.Callback):
             raise ValueError(f"collapse_fraction must be in (0, 1) or null, got {collapse_fraction}")
         self.rules = dict(non_finite=bool(non_finite), flat_patience=flat_patience, min_rel_delta=float(min_rel_delta),
                           grace_epochs=int(grace_epochs), r2_min=r2_min, collapse_fraction=collapse_fraction,
-                          jaccard_margin=jaccard_margin)
+                          jaccard_margin=jaccard_margin, min_steps=int(min_steps))
         self.history: list[dict[str, float]] = []
         self.abort_reason: str | None = None
         self.aborted_epoch: int | None = None
@@ -161,7 +170,7 @@ class TrainingGuard(pl.Callback):
         if not self._validated or self.abort_reason:
             return  # no fresh validation numbers this epoch (check_val_every_n_epoch > 1)
         self._validated = False
-        entry: dict[str, float] = {"epoch": trainer.current_epoch + 1}
+        entry: dict[str, float] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("val/", "train/")):
                 entry[key] = float(value)

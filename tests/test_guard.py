@@ -1,0 +1,200 @@
+"""Training guard: the rules on scripted metric histories, and aborts recorded end to end (in-process and CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from calib_seg.callbacks.guard import TrainingGuard, check, spread_stats
+from calib_seg.train import run
+from conftest import REPO, TINY_BEADS
+
+RULES = dict(non_finite=True, flat_patience=5, min_rel_delta=0.01, grace_epochs=5, r2_min=0.0, min_steps=0,
+             collapse_fraction=0.1, jaccard_margin=0.02)
+
+
+def first_abort(entries: list[dict], **overrides) -> tuple[int | None, str | None]:
+    """Feed ``entries`` one epoch at a time, as the callback does; (epoch, message) of the first abort."""
+    rules = {**RULES, **overrides}
+    history: list[dict] = []
+    for i, entry in enumerate(entries, start=1):
+        history.append({"epoch": i, **entry})
+        msg = check(history, **rules)
+        if msg:
+            return i, msg
+    return None, None
+
+
+def density(loss: float, r2: float, pred_std: float = 900.0, pred_range: float = 7000.0) -> dict:
+    return {"val/loss": loss, "val/r2": r2, "pred_std": pred_std, "target_std": 1000.0,
+            "pred_range": pred_range, "target_range": 7900.0}
+
+
+# ---------------------------------------------------------------- rules on scripted sequences
+def test_guard_aborts_when_val_loss_flat_for_flat_patience_epochs():
+    # the seed C01: 7,848,009 -> 7,835,187 (-0.16%) while R² stayed negative; here R² rule is off to isolate
+    losses = [7_848_009, 7_845_000, 7_841_000, 7_838_000, 7_835_187, 7_830_000]
+    epoch, msg = first_abort([{"val/loss": v} for v in losses], r2_min=None)
+    assert epoch == 5
+    assert msg == ("aborted at epoch 5: val/loss flat: best 7.835e+06 vs first 7.848e+06 = +0.16% improvement "
+                   "< 1.00% after 5 epochs (flat_patience 5)")
+
+
+def test_guard_keeps_a_slowly_but_really_improving_run():
+    # 0.5% per epoch: 2% by epoch 5, above min_rel_delta; R² positive and rising
+    entries = [density(1.0 - 0.005 * i, 0.1 + 0.05 * i) for i in range(30)]
+    assert first_abort(entries) == (None, None)
+
+
+def test_guard_aborts_when_r2_negative_after_grace_epochs():
+    entries = [density(1.0 - 0.1 * i, r2) for i, r2 in enumerate([-2.0, -1.0, -0.6, -0.4, -0.31, 0.5])]
+    epoch, msg = first_abort(entries)
+    assert epoch == 5
+    assert msg == "aborted at epoch 5: val/r2 = -0.31 < 0 after 5 epochs (grace 5)"
+
+
+def test_guard_keeps_a_run_whose_r2_is_negative_early_but_positive_by_grace_end():
+    entries = [density(1.0 - 0.1 * i, r2) for i, r2 in enumerate([-3.0, -1.2, -0.4, -0.05, 0.02, 0.4, 0.8])]
+    assert first_abort(entries) == (None, None)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_guard_aborts_at_once_on_non_finite_numbers(bad):
+    entries = [density(1.0, 0.1), {**density(0.9, 0.2), "train/loss": bad}]
+    epoch, msg = first_abort(entries)
+    assert epoch == 2
+    assert msg == f"aborted at epoch 2: train/loss = {bad} is not finite"
+    assert first_abort(entries, non_finite=False) == (None, None)
+
+
+def test_guard_aborts_when_prediction_spread_collapses_after_grace():
+    # the seed: predictions 0..500 against targets 15..7964, with a loss that still creeps down
+    std = [density(1.0 - 0.1 * i, 0.3, pred_std=50.0) for i in range(6)]
+    epoch, msg = first_abort(std, r2_min=None)
+    assert epoch == 5
+    assert msg == ("aborted at epoch 5: predictions collapsed: std of val predictions 50 < 0.1 x targets' 1000 "
+                   "(ratio 0.050) after 5 epochs (grace 5)")
+    rng = [density(1.0 - 0.1 * i, 0.3, pred_std=300.0, pred_range=500.0) for i in range(6)]
+    epoch, msg = first_abort(rng, r2_min=None)
+    assert epoch == 5 and "range of val predictions 500 < 0.1 x targets' 7900 (ratio 0.063)" in msg
+
+
+def test_guard_aborts_when_jaccard_stays_at_the_all_foreground_level():
+    entries = [{"val/loss": 0.1 - 0.01 * i, "val/jaccard": j, "val/jaccard_all_foreground": 0.08}
+               for i, j in enumerate([0.0, 0.05, 0.08, 0.09, 0.095, 0.3])]
+    epoch, msg = first_abort(entries)
+    assert epoch == 5
+    assert msg == ("aborted at epoch 5: val/jaccard = 0.095 <= all-foreground baseline 0.080 + margin 0.02 "
+                   "(trivial segmentation) after 5 epochs (grace 5)")
+    healthy = [{**e, "val/jaccard": 0.2 + 0.1 * i} for i, e in enumerate(entries)]
+    assert first_abort(healthy) == (None, None)
+
+
+def test_guard_rules_switch_off_one_by_one():
+    flat = [density(1.0, -0.5, pred_std=1.0) for _ in range(8)]
+    assert first_abort(flat)[1].split(": ")[1].startswith("val/loss flat")
+    assert "val/r2" in first_abort(flat, flat_patience=None)[1]
+    assert "collapsed" in first_abort(flat, flat_patience=None, r2_min=None)[1]
+    assert first_abort(flat, flat_patience=None, r2_min=None, collapse_fraction=None) == (None, None)
+
+
+def test_guard_waits_for_min_steps_before_judging_progress_but_not_for_nan():
+    # the seed's C01 shape: 2 optimizer steps per epoch, val/loss flat and R² ~ 0 while BatchNorm stats settle
+    flat = [{**density(1.0, -0.01), "step": 2 * i} for i in range(1, 31)]
+    epoch, msg = first_abort(flat, min_steps=50)
+    assert epoch == 25 and msg.startswith("aborted at epoch 25: val/loss flat")
+    nan = [{**density(1.0, 0.1), "step": 2}, {**density(math.nan, 0.1), "step": 4}]
+    assert first_abort(nan, min_steps=50)[0] == 2
+
+
+def test_spread_stats_match_numpy():
+    pred, target = np.array([1.0, 2.0, 4.0]), np.array([15.0, 500.0, 7964.0])
+    s = spread_stats(pred, target)
+    assert s["pred_std"] == pytest.approx(np.std(pred)) and s["target_range"] == pytest.approx(7949.0)
+
+
+# ---------------------------------------------------------------- the callback around the rules
+class _FakeStrategy:
+    def broadcast(self, obj, src=0):
+        return obj
+
+
+def _fake_trainer(epoch: int, metrics: dict) -> SimpleNamespace:
+    loops = SimpleNamespace(min_epochs=50, epoch_loop=SimpleNamespace(min_steps=1000))
+    return SimpleNamespace(sanity_checking=False, current_epoch=epoch - 1, callback_metrics=metrics,
+                           strategy=_FakeStrategy(), should_stop=False, fit_loop=loops, is_global_zero=True,
+                           loggers=[], global_step=10 * epoch)
+
+
+def test_callback_stops_the_trainer_and_records_reason_and_epoch(capsys):
+    guard = TrainingGuard(**RULES)
+    module = SimpleNamespace(last_val={"pred": np.zeros(20), "target": np.linspace(15, 7964, 20)})
+    for epoch in range(1, 6):
+        trainer = _fake_trainer(epoch, {"val/loss": 8e6, "val/r2": -0.42})
+        guard.on_validation_end(trainer, module)
+        guard.on_train_epoch_end(trainer, module)
+        assert trainer.should_stop == (epoch == 5)
+    assert guard.aborted_epoch == 5 and guard.abort_reason.startswith("aborted at epoch 5: val/loss flat")
+    # an abort overrides min_epochs/min_steps, or Lightning would "continue training" a doomed run
+    assert trainer.fit_loop.min_epochs == 0 and trainer.fit_loop.epoch_loop.min_steps == 0
+    assert guard.abort_reason in capsys.readouterr().out
+    assert guard.history[-1]["pred_std"] == 0.0
+
+
+def test_callback_ignores_sanity_check_and_epochs_without_validation():
+    guard = TrainingGuard(**RULES)
+    module = SimpleNamespace()
+    trainer = _fake_trainer(1, {"val/loss": math.nan})
+    trainer.sanity_checking = True
+    guard.on_validation_end(trainer, module)
+    trainer.sanity_checking = False
+    guard.on_train_epoch_end(trainer, module)
+    assert guard.history == [] and not trainer.should_stop
+
+
+# ---------------------------------------------------------------- end to end
+# batch 4 keeps ~12 optimizer steps per epoch on 66 images, as the preset has, so min_steps is met by epoch 5
+TINY_REPRO = ["experiment=repro_relu_collapse", *TINY_BEADS[1:4], "data.source.n_per_level=6", "data.batch_size=4",
+              "trainer.max_epochs=6", "trainer.enable_progress_bar=false", "logger=none",
+              "callbacks.early_stopping=null", "~callbacks.model_checkpoint"]
+
+
+def test_tiny_relu_collapse_reproduction_is_aborted_within_5_epochs(run_cfg):
+    record = run(run_cfg(TINY_REPRO))
+    saved = json.loads((Path(record["run_dir"]) / "run.json").read_text())
+    assert saved["status"] == "aborted"
+    assert saved["aborted_epoch"] <= 5 and saved["epochs"] == saved["aborted_epoch"]
+    assert saved["reason"].startswith(f"aborted at epoch {saved['aborted_epoch']}: ")
+    assert "test/r2" not in saved["metrics"]  # an aborted run is not tested
+
+
+def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calib_seg.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_multirun_goes_on_after_an_aborted_job(tmp_path):
+    # job 0: the collapse reproduction, aborted by the flat-loss rule; job 1: the same run with only the
+    # non-finite rule left on, so it must train to max_epochs (the sweep did not stop at job 0's abort)
+    out = _cli("-m", *TINY_REPRO, "callbacks.guard.flat_patience=5,null", "callbacks.guard.r2_min=null",
+               "callbacks.guard.collapse_fraction=null", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")}
+    assert len(records) == 2, records.keys()
+    first, second = (records[k] for k in sorted(records))
+    assert first["status"] == "aborted" and first["aborted_epoch"] <= 5
+    assert second["status"] == "completed" and second["epochs"] == 6
+
+
+def test_single_aborted_run_exits_non_zero_with_the_reason_last(tmp_path):
+    out = _cli(*TINY_REPRO, f"hydra.run.dir={tmp_path}")
+    reason = json.loads((tmp_path / "run.json").read_text())["reason"]
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1] == f"run aborted: {reason}"
