@@ -32,35 +32,41 @@ from scipy.spatial import cKDTree
 
 from calib_seg.data.em import SegSplit
 
-GENERATOR_VERSION = "mito_synth/1"
+GENERATOR_VERSION = "mito_synth/2"
 
 
 @dataclass
 class MitoSynthParams:
-    """Appearance parameters of the generator (pixel units; intensities in [0, 1])."""
+    """Appearance parameters of the generator (pixel units; intensities in [0, 1]).
+
+    Difficulty is calibrated: with these defaults a small U-Net (16 base filters, depth 3, 600 steps of
+    8 x 128 px patches, BCE + Dice) scores test Jaccard 0.82 on a synthetic set shaped like the shared real
+    slices (3 training + 1 test image, 768x1024) and 0.80 on the real Lucchi slices; global Otsu scores 0.09
+    on both test images. Stronger cristae and membranes (0.02-0.06, 0.12-0.22) made it 0.88.
+    """
 
     cell_size: float = 75.0  # typical neurite profile diameter
     warp: float = 14.0  # amplitude of the smooth coordinate warp that curves membranes
     membrane_darkness: float = 0.40
     membrane_width: float = 2.4
     cytoplasm_level: tuple[float, float] = (0.62, 0.74)
-    dark_cell_fraction: float = 0.10  # dark dendrites: grey level like mitochondria, no cristae
+    dark_cell_fraction: float = 0.15  # dark dendrites: grey level like mitochondria, no cristae
     dark_cell_level: tuple[float, float] = (0.36, 0.48)
     bouton_fraction: float = 0.22  # profiles packed with synaptic vesicles
     foreground_fraction: tuple[float, float] = (0.04, 0.10)
     mito_radius: tuple[float, float] = (14.0, 32.0)
     mito_length: tuple[float, float] = (0.0, 200.0)  # straight part of the capsule; 0 = round cross-section
     round_fraction: float = 0.4  # share of round cross-sections among mitochondria
-    wrapped_fraction: float = 0.5  # share with the enclosing neurite membrane drawn close around them
-    mito_level: tuple[float, float] = (0.34, 0.46)
-    cristae_contrast: tuple[float, float] = (0.02, 0.06)
+    wrapped_fraction: float = 0.3  # share with the enclosing neurite membrane drawn close around them
+    mito_level: tuple[float, float] = (0.36, 0.50)
+    cristae_contrast: tuple[float, float] = (0.01, 0.04)
     cristae_period: tuple[float, float] = (7.0, 12.0)
-    mito_membrane_darkness: tuple[float, float] = (0.12, 0.22)
+    mito_membrane_darkness: tuple[float, float] = (0.06, 0.14)
     myelin_per_mpx: float = 1.2  # myelinated axons per megapixel
     smudges_per_mpx: float = 2.5
-    dark_organelles_per_mpx: float = 25.0
+    dark_organelles_per_mpx: float = 40.0
     blur_sigma: float = 1.0
-    noise_std: float = 0.035
+    noise_std: float = 0.045
     illumination: float = 0.06
 
 
