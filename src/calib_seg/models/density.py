@@ -44,7 +44,21 @@ def _head(channels: int, hidden: int, activation: str | None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DensityCNN(nn.Module):
+class _PooledRegressor(nn.Module):
+    """``features`` -> global average pooling -> head; subclasses build ``features``."""
+
+    features: nn.Module
+
+    def _finish(self, channels: int, head_hidden: int, head_activation: str | None) -> None:
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = _head(channels, head_hidden, head_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B,) outputs in the task's (transformed) target units."""
+        return self.head(self.pool(self.features(x))).squeeze(-1)
+
+
+class DensityCNN(_PooledRegressor):
     """Stages of ``convs_per_stage`` 3x3 conv + norm + ReLU, each stage followed by 2x2 max pooling.
 
     Args:
@@ -79,12 +93,7 @@ class DensityCNN(nn.Module):
             if i < len(filters) - 1:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = _head(c, head_hidden, head_activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images -> (B,) outputs in the task's (transformed) target units."""
-        return self.head(self.pool(self.features(x))).squeeze(-1)
+        self._finish(c, head_hidden, head_activation)
 
 
 class _ResBlock(nn.Module):
@@ -102,7 +111,7 @@ class _ResBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-class DensityResNet(nn.Module):
+class DensityResNet(_PooledRegressor):
     """Residual density regressor: a stem conv, then per stage ``blocks_per_stage`` residual blocks (2 convs each).
 
     ResNet_Deep: filters [64, 128, 256, 512], 1 block per stage -> 1 stem + 8 block convs + 3 projection convs = 12
@@ -120,9 +129,9 @@ class DensityResNet(nn.Module):
     ) -> None:
         super().__init__()
         filters = _check_filters(filters)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, filters[0], 3, padding=1, bias=False),
-                                  norm_layer(norm, filters[0]), nn.ReLU(inplace=True))
-        stages: list[nn.Module] = []
+        stem = nn.Sequential(nn.Conv2d(in_channels, filters[0], 3, padding=1, bias=False),
+                             norm_layer(norm, filters[0]), nn.ReLU(inplace=True))
+        stages: list[nn.Module] = [stem]
         c = filters[0]
         for i, f in enumerate(filters):
             for _ in range(blocks_per_stage):
@@ -131,10 +140,5 @@ class DensityResNet(nn.Module):
             if i < len(filters) - 1:
                 stages.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = _head(c, head_hidden, head_activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images -> (B,) outputs in the task's (transformed) target units."""
-        return self.head(self.pool(self.features(self.stem(x)))).squeeze(-1)
+        self._finish(c, head_hidden, head_activation)
 
