@@ -29,6 +29,7 @@ from calib_seg.callbacks.record import describe_run, resolved_config, time_per_e
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.models import count_parameters
 from calib_seg.records import new_record, provenance, write_record
+from calib_seg.resume import check_config, clean_exit, completed_record, failure_reason, resume_checkpoint
 
 log = logging.getLogger("calib_seg.train")
 
@@ -127,6 +128,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_config(cfg, out_dir)  # a bad key/value stops here: nothing seeded or built, run.json says failed
+    done = completed_record(cfg, out_dir)  # resume=true: a job that already completed is not trained again
+    if done is not None:
+        return done
     record = new_record(status="running", task=cfg.task_name, choices=key_choices(cfg), run_dir=str(out_dir),
                         optimized_metric=cfg.optimized_metric)
     # known before the try so a failed run can still record what it got to
@@ -147,7 +152,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
         if cfg.get("train", True):
-            trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, out_dir))
+            ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
         aborted = abort_reason(callbacks)
         epochs = trainer.current_epoch
         fit_time = time.perf_counter() - t0
@@ -181,8 +187,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "metric_definitions": task.metric_definitions(),
             "data_fingerprint": datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None,
         })
-    except Exception as exc:
-        record.update({"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+    except BaseException as exc:  # SIGTERM and Ctrl-C too: a killed run must not stay "running"
+        record.update({"status": "failed", "reason": failure_reason(exc, out_dir),
                        "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0,
                        "epochs": trainer.current_epoch if trainer is not None else 0,
                        **val_summary(callbacks, cfg.optimized_metric, None), **peak_memory_mb()})
@@ -223,7 +229,8 @@ def print_summary(record: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
-    record = run(cfg)
+    with clean_exit():  # config error: message + exit 2; SIGTERM: exit 143
+        record = run(cfg)
     if rank_zero_only.rank != 0:  # DDP worker: rank 0 prints, records and answers the sweeper
         return math.nan
     print_summary(record)

@@ -1,0 +1,107 @@
+"""Start, stop and resume runs safely: config check before anything is built, honest records for interrupted
+runs, skipping completed jobs when a sweep is re-run with ``+resume=true``.
+
+Called from :func:`calib_seg.train.run` / ``main``; user-facing description in docs/reliability.md.
+
+- ``+resume=true`` in a run folder that already holds a *completed* ``run.json`` returns that record without
+  training (a re-run sweep hands the sweeper the recorded metric); any other state (no record, failed,
+  aborted, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
+- ``ckpt_path=last`` resumes from ``checkpoints/last.ckpt`` of the run folder (``hydra.run.dir=<same folder>``).
+- A run stopped by SIGTERM (Lightning stops at the next batch boundary) or Ctrl-C records ``status: failed``
+  with the reason and how to resume, and exits non-zero (143 / 130) -- never ``completed``, never ``running``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from calib_seg.records import new_record, provenance, read_record, write_record
+from calib_seg.validation import ConfigError, validate
+
+log = logging.getLogger("calib_seg.resume")
+
+#: exit status of a run stopped by a bad config (like argparse), SIGTERM (128+15) and Ctrl-C (128+2)
+EXIT_CONFIG, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
+
+
+def check_config(cfg: DictConfig, out_dir: Path) -> None:
+    """:func:`~calib_seg.validation.validate` ``cfg``; on error write a ``failed`` run.json and re-raise.
+
+    The record makes sure a folder left by a rejected config is never taken for a result (report.py and
+    sweep resume read run.json).
+    """
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        from calib_seg.callbacks.record import resolved_config
+
+        record = new_record(status="failed", reason=f"ConfigError: {exc}", run_dir=str(out_dir),
+                            task=cfg.get("task_name"), optimized_metric=cfg.get("optimized_metric"), epochs=0)
+        record["provenance"] = provenance(out_dir)
+        record["config"] = resolved_config(cfg)
+        write_record(out_dir, record)
+        raise
+
+
+def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """With ``resume=true``: the folder's completed record (then the job is skipped), else None."""
+    if not cfg.get("resume", False):
+        return None
+    record = read_record(out_dir)
+    if record is not None and record.get("status") == "completed":
+        log.info("resume=true: %s already completed (%s=%s); not training again", out_dir,
+                 record.get("optimized_metric"), record.get("best_val"))
+        return record
+    return None
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> str | None:
+    """With ``resume=true`` and no explicit ``ckpt_path``: the folder's ``checkpoints/last.ckpt`` if it exists."""
+    if not cfg.get("resume", False) or cfg.get("ckpt_path") not in (None, ""):
+        return None
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.exists() else None
+
+
+def _is_sigterm(exc: BaseException) -> bool:
+    return type(exc).__name__ == "SIGTERMException"  # pytorch_lightning.utilities.exceptions
+
+
+def failure_reason(exc: BaseException, out_dir: Path | str | None = None) -> str:
+    """The ``reason`` of a failed run; interruptions say how to resume."""
+    how = f" -- resume with ckpt_path=last hydra.run.dir={out_dir}" if out_dir is not None else ""
+    if _is_sigterm(exc):
+        return f"interrupted: SIGTERM received, stopped at the next batch boundary{how}"
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1
+                                              and isinstance(exc.__context__, KeyboardInterrupt)):
+        return f"interrupted: Ctrl-C (KeyboardInterrupt){how}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def clean_exit() -> Iterator[None]:
+    """Turn a bad config into one short message + exit 2, and an interruption into a non-zero exit.
+
+    (Lightning's SIGTERMException is a SystemExit without a code, i.e. exit status 0; a scheduler must not
+    read a killed job as a success.)
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    except SystemExit as exc:
+        if _is_sigterm(exc):
+            print("run interrupted by SIGTERM; its run.json says failed (resume with ckpt_path=last)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_SIGTERM) from None
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_SIGINT) from None

@@ -1,0 +1,270 @@
+"""Check a composed training config before anything is built: a typo must cost seconds, not a cluster hour.
+
+:func:`validate` applies one rule per user-facing key (type, range, allowed names) and raises a single
+:class:`ConfigError` that lists *every* problem, each naming the key, the value found and what is allowed.
+``train.run`` calls it first, before seeding or instantiating anything; the entry point turns the error into a
+short message and exit code 2 (see docs/reliability.md).
+
+Why rules on the composed config rather than structured-config dataclasses in the ConfigStore: the configs
+hold ``_target_`` nodes whose keys depend on the chosen class (CNN filters vs U-Net base_filters, smp
+``**kw``), and Hydra's struct mode already refuses unknown keys at composition ("Could not override
+'model.filtres' ... Key 'filtres' is not in struct"). What struct mode does not catch -- wrong types, ranges,
+names of architectures/losses, and keys added with ``+`` -- is checked here, against the target's signature
+where one is importable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+_ABSENT = object()
+
+#: model targets shipped with the project, and the task each belongs to
+MODELS = {
+    "calib_seg.models.density.DensityCNN": "density",
+    "calib_seg.models.density.DensityResNet": "density",
+    "calib_seg.models.unet.UNet": "segmentation",
+    "calib_seg.models.unet.AttentionUNet": "segmentation",
+    "calib_seg.models.unet.AttentionResUNet": "segmentation",
+    "calib_seg.models.smp_factory.build_smp": "segmentation",
+}
+TASKS = {
+    "calib_seg.tasks.density.DensityRegressionTask": "density",
+    "calib_seg.tasks.segmentation.SegmentationTask": "segmentation",
+}
+NORMS = ("batch", "group", "none")
+HEAD_ACTIVATIONS = (None, "none", "relu", "softplus")
+DENSITY_LOSSES = ("mse", "huber")
+SEGMENTATION_LOSSES = ("focal", "dice", "focal_dice")
+TARGET_TRANSFORMS = ("standardize", "log_standardize", "none")
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; ``problems`` holds one line per offending key."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"invalid configuration ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+# ---------------------------------------------------------------------------------------------- checkers
+# Each checker returns None when the value is fine, else the text after "<key>: ".
+def _show(v: Any) -> str:
+    if isinstance(v, (DictConfig, ListConfig)):
+        v = OmegaConf.to_container(v, resolve=True)
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v > 0 else f"expected an integer > 0, got {_show(v)}"
+
+
+def non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else f"expected an integer >= 0, got {_show(v)}"
+
+
+def optional_positive_int(v: Any) -> str | None:
+    return None if v is None else positive_int(v)
+
+
+def positive_number(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else f"expected a number > 0, got {_show(v)}"
+
+
+def non_negative_number(v: Any) -> str | None:
+    return None if _is_number(v) and v >= 0 else f"expected a number >= 0, got {_show(v)}"
+
+
+def open_unit(v: Any) -> str | None:
+    return None if _is_number(v) and 0 < v < 1 else f"expected a number strictly between 0 and 1, got {_show(v)}"
+
+
+def closed_unit(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v <= 1 else f"expected a number in [0, 1], got {_show(v)}"
+
+
+def fraction(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else f"expected a fraction in [0, 1), got {_show(v)}"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {_show(v)}"
+
+
+def filter_list(v: Any) -> str | None:
+    ok = isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v)
+    return None if ok else f"expected a non-empty list of integers > 0 (e.g. [16,32,64]), got {_show(v)}"
+
+
+def unit_list(v: Any) -> str | None:
+    ok = isinstance(v, (list, ListConfig)) and all(_is_number(x) and 0 < x < 1 for x in v)
+    return None if ok else f"expected a list of numbers strictly between 0 and 1, got {_show(v)}"
+
+
+def one_of(allowed: Sequence[Any], case_insensitive: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if case_insensitive and isinstance(v, str):
+            ok = v.lower() in {str(a).lower() for a in allowed}
+        else:
+            ok = v in allowed
+        if ok:
+            return None
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        hint = _did_you_mean(v, allowed)
+        return f"unknown value {v!r}{hint}; allowed: {shown}"
+
+    return check
+
+
+def _did_you_mean(value: Any, allowed: Sequence[Any]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(a) for a in allowed if a is not None], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ------------------------------------------------------------------------------------------------- rules
+#: key -> checker, applied when the key is present in the composed config
+RULES: dict[str, Callable[[Any], str | None]] = {
+    "seed": non_negative_int,
+    "train": boolean,
+    "test": boolean,
+    "resume": boolean,
+    "model.filters": filter_list,
+    "model.base_filters": positive_int,
+    "model.depth": positive_int,
+    "model.convs_per_stage": positive_int,
+    "model.blocks_per_stage": positive_int,
+    "model.head_hidden": positive_int,
+    "model.in_channels": positive_int,
+    "model.classes": positive_int,
+    "model.norm": one_of(NORMS),
+    "model.head_activation": one_of(HEAD_ACTIVATIONS),
+    "model.dropout": fraction,
+    "task.target_transform": one_of(TARGET_TRANSFORMS),
+    "task.huber_delta": positive_number,
+    "task.optimizer.lr": positive_number,
+    "task.optimizer.weight_decay": non_negative_number,
+    "task.threshold": open_unit,
+    "task.thresholds_curve": unit_list,
+    "task.tile_size": optional_positive_int,
+    "task.tile_overlap": non_negative_int,
+    "task.tile_batch_size": positive_int,
+    "data.batch_size": positive_int,
+    "data.eval_batch_size": optional_positive_int,
+    "data.test_batch_size": positive_int,
+    "data.val_fraction": fraction,
+    "data.test_fraction": fraction,
+    "data.num_workers": non_negative_int,
+    "data.augment": boolean,
+    "data.patch_size": positive_int,
+    "data.patches_per_epoch": positive_int,
+    "data.min_foreground": closed_unit,
+    "data.min_foreground_prob": closed_unit,
+    "data.source.n_per_level": positive_int,
+    "data.source.skip_bad_files": boolean,
+    "data.source.resize": optional_positive_int,
+    "trainer.max_epochs": positive_int,
+    "trainer.devices": lambda v: None if (_is_int(v) and v > 0) or isinstance(v, (str, list, ListConfig))
+    else f"expected an integer > 0, 'auto' or a list of device ids, got {_show(v)}",
+}
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+
+
+def _import(target: str) -> Any | None:
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _check_keys(node: Any, where: str, problems: list[str]) -> None:
+    """Keys of a ``_target_`` node that the target does not accept (e.g. ``+model.filtres=...``)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    target = _import(node._target_)
+    if target is None:
+        return
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n in params if n != "self"]
+    for key in node:
+        if str(key).startswith("_") or key in params:
+            continue
+        hint = _did_you_mean(str(key), names)
+        problems.append(f"{where}.{key}: unknown key for {node._target_.rsplit('.', 1)[-1]}{hint}; "
+                        f"allowed keys: {', '.join(names)}")
+
+
+def problems_in(cfg: DictConfig) -> list[str]:
+    """Every problem found in ``cfg`` (empty when valid); see :data:`RULES`."""
+    problems: list[str] = []
+    model_t, task_t = _get(cfg, "model._target_"), _get(cfg, "task._target_")
+    known = list(MODELS)
+    if model_t is not _ABSENT and model_t not in MODELS and _import(model_t) is None:
+        problems.append(f"model._target_: unknown model {model_t!r}{_did_you_mean(model_t, known)}; allowed: "
+                        f"{', '.join(known)} (or any importable class)")
+    if task_t is not _ABSENT and task_t not in TASKS and _import(task_t) is None:
+        problems.append(f"task._target_: unknown task {task_t!r}{_did_you_mean(task_t, list(TASKS))}; "
+                        f"allowed: {', '.join(TASKS)}")
+    task_kind = TASKS.get(task_t)
+    model_kind = MODELS.get(model_t)
+    if task_kind and model_kind and task_kind != model_kind:
+        problems.append(f"model._target_: {model_t} is a {model_kind} model but task._target_ is the "
+                        f"{task_kind} task {task_t}; choose a {task_kind} model (or task={model_kind})")
+    if model_t == "calib_seg.models.smp_factory.build_smp":
+        arch = _get(cfg, "model.arch")
+        if arch is not _ABSENT:
+            from calib_seg.models.smp_factory import available_architectures
+
+            msg = one_of(available_architectures(), case_insensitive=True)(arch)
+            if msg:
+                problems.append(f"model.arch: {msg}")
+    loss = _get(cfg, "task.loss")
+    if loss is not _ABSENT and task_kind:
+        msg = one_of(DENSITY_LOSSES if task_kind == "density" else SEGMENTATION_LOSSES)(loss)
+        if msg:
+            problems.append(f"task.loss: {msg}")
+    for key, rule in RULES.items():
+        value = _get(cfg, key)
+        if value is _ABSENT:
+            continue
+        msg = rule(value)
+        if msg:
+            problems.append(f"{key}: {msg}")
+    for where in ("model", "task", "data", "data.source"):
+        _check_keys(_get(cfg, where), where, problems)
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly when it is valid."""
+    problems = problems_in(cfg)
+    if problems:
+        raise ConfigError(problems)
