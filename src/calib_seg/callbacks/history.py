@@ -43,8 +43,9 @@ class MetricHistory(pl.Callback):
         self.rows: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a resumed run (ckpt_path=last) continues its own history instead of starting a second one
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a resumed run (ckpt_path=last) continues its own history instead of starting a second one;
+        # on_train_start, not on_fit_start: Lightning restores the epoch counter between the two
         if self.dirpath is not None and not self.rows:
             self.rows = [r for r in read_history(self.dirpath) if r.get("epoch", 0) <= trainer.current_epoch]
 

@@ -1,0 +1,166 @@
+"""Kill and resume, sweep resume, determinism: a killed job costs only the time since its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from calib_seg.records import read_record, write_record
+from calib_seg.resume import failure_reason
+from calib_seg.train import run
+from conftest import REPO, TINY_BEADS
+
+TESTS = Path(__file__).resolve().parent
+DETERMINISTIC = [o for o in TINY_BEADS if not o.startswith("trainer.max_epochs")] + [
+    "trainer.deterministic=true", "trainer.accelerator=cpu", "seed=7",
+]
+
+
+def _test_metrics(record: dict) -> dict:
+    return dict(record["test_metrics"])
+
+
+def test_same_seed_same_config_on_cpu_gives_identical_metrics(run_cfg, tmp_path):
+    records = []
+    for name in ("a", "b"):
+        cfg = run_cfg([*DETERMINISTIC, "trainer.max_epochs=2"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / name)
+        records.append(run(cfg))
+    a, b = records
+    assert a["status"] == b["status"] == "completed"
+    assert _test_metrics(a) == _test_metrics(b)  # bit-identical, not merely close
+    assert a["best_val"] == b["best_val"]
+
+
+def test_resume_true_skips_a_completed_run_without_training(run_cfg):
+    cfg = run_cfg([*TINY_BEADS, "+resume=true"])
+    out = Path(cfg.paths.output_dir)
+    write_record(out, {"status": "completed", "best_val": 0.875, "optimized_metric": "val/r2", "task": "density",
+                       "run_dir": str(out), "metrics": {}, "test_metrics": {}})
+    record = run(cfg)
+    assert record["best_val"] == 0.875
+    assert not (out / "checkpoints").exists()  # nothing was built or trained
+
+
+def test_resume_true_retrains_a_folder_whose_record_says_failed(run_cfg):
+    cfg = run_cfg([*TINY_BEADS, "+resume=true"])
+    out = Path(cfg.paths.output_dir)
+    write_record(out, {"status": "failed", "reason": "interrupted: SIGTERM"})
+    record = run(cfg)
+    assert record["status"] == "completed" and (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_interruptions_are_recorded_as_failed_with_how_to_resume():
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    assert failure_reason(SIGTERMException(), "/runs/x").startswith("interrupted: SIGTERM received")
+    assert "ckpt_path=last hydra.run.dir=/runs/x" in failure_reason(SIGTERMException(), "/runs/x")
+    assert failure_reason(KeyboardInterrupt()).startswith("interrupted: Ctrl-C")
+    assert failure_reason(ValueError("boom")) == "ValueError: boom"
+
+
+def test_resume_restores_the_fitted_density_target_transform(run_cfg, tmp_path):
+    """The checkpoint's transform wins over a refit on (here deliberately different) training targets."""
+    first = run_cfg([*DETERMINISTIC, "trainer.max_epochs=1"])
+    run(first)
+    ckpt = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert bool(saved["data_fitted"]) and bool(saved["target_tf.fitted"])
+
+    cfg = run_cfg([*DETERMINISTIC, "trainer.max_epochs=2", "data.holdout_dilutions=[50]"])
+    task = instantiate(cfg.task, model=instantiate(cfg.model))
+    dm = instantiate(cfg.data)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path / "r"))
+    trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt))
+    refit_mean = float(torch.as_tensor(dm.train_targets()).double().mean())
+    assert float(task.target_tf.mean) == pytest.approx(float(saved["target_tf.mean"]), rel=1e-12)
+    assert float(task.target_tf.mean) != pytest.approx(refit_mean, rel=1e-9)
+    assert float(task.target_tf.std) == pytest.approx(float(saved["target_tf.std"]), rel=1e-12)
+    assert float(task.input_mean) == pytest.approx(float(saved["input_mean"]), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- subprocesses
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "2"
+    return env
+
+
+def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calib_seg.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=_env())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metrics(tmp_path):
+    args = [*DETERMINISTIC, "trainer.max_epochs=4"]
+    reference = _train(*args, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir, marker = tmp_path / "run", tmp_path / "paused"
+    pause = ["+callbacks.pause._target_=pause_callback.PauseAfterEpoch", "+callbacks.pause.epoch=2",
+             f"+callbacks.pause.marker={marker}"]
+    proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, *pause, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "run never reached epoch 2"
+            time.sleep(0.2)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # 0-based: epoch 2 done
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    killed = read_record(run_dir)
+    assert killed["status"] == "failed" and killed["reason"].startswith("interrupted: SIGTERM"), killed["reason"]
+    assert killed["epochs"] == 2
+
+    resumed = _train(*args, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record, ref = read_record(run_dir), read_record(tmp_path / "ref")
+    assert record["status"] == "completed" and record["epochs"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paused", "ref", "run"]  # no second run folder
+    assert _test_metrics(record) == _test_metrics(ref)  # bit-identical to the uninterrupted run
+    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_rerun_sweep_with_resume_trains_only_the_job_without_a_completed_record(tmp_path):
+    args = ["-m", *TINY_BEADS, "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
+    first = _train(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2
+    keep, redo = jobs
+    kept_record = (keep / "run.json").read_bytes()
+    kept_mtime = (keep / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    (redo / "run.json").unlink()
+    for f in (redo / "checkpoints").iterdir():  # as if the job died before its first checkpoint
+        f.unlink()
+
+    again = _train(*args, "+resume=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")) == jobs
+    assert (keep / "run.json").read_bytes() == kept_record
+    assert (keep / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept_mtime
+    assert read_record(redo)["status"] == "completed"
+    assert (redo / "checkpoints" / "last.ckpt").exists()
