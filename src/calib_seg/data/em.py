@@ -147,9 +147,12 @@ def _open_stack(path: Path, mmap: bool) -> np.ndarray:
         except (ValueError, OSError):
             pass  # compressed or tiled TIFFs cannot be memory-mapped; read them into memory instead
     try:
-        return np.asarray(tifffile.imread(path))
+        arr = np.asarray(tifffile.imread(path))
     except Exception as exc:  # truncated or corrupt stacks raise many different types
         raise ValueError(f"cannot read TIFF stack {path}: {type(exc).__name__}: {exc}") from exc
+    if arr.size == 0:
+        raise ValueError(f"cannot read TIFF stack {path}: no pixel data (truncated or corrupt file?)")
+    return arr
 
 
 @dataclass
@@ -196,7 +199,8 @@ class EPFLSource:
             img, msk = self._stacks[img_f], self._stacks[msk_f]
             for f, a in ((img_f, img), (msk_f, msk)):
                 if a.ndim != 3:
-                    raise ValueError(f"{paths[f]}: expected a 3-D stack (slices, H, W), got shape {a.shape}")
+                    raise ValueError(f"{paths[f]}: expected a 3-D stack (slices, H, W), got shape {a.shape} "
+                                     "(a single image, or a truncated/corrupt file?)")
             if img.shape[0] != msk.shape[0]:
                 raise ValueError(
                     f"stacks have different slice counts: {paths[img_f]} has {img.shape[0]}, "
