@@ -116,4 +116,3 @@ def test_tiny_unet_learns_synthetic_mitochondria_well_above_all_foreground_basel
     assert res["test/jaccard"] >= 0.6
     assert res["test/jaccard"] > res["test/jaccard_all_foreground"] + 0.4
     assert res["test/jaccard"] > best_global + 0.2
-    assert elapsed < 120, f"learning test took {elapsed:.0f} s (budget 120 s)"
