@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from calib_seg.data.beads import BeadPhysics, dilution_series, oracle_density, render_beads
-from calib_seg.data.density import SyntheticBeads
 
 
 def test_dilution_series_matches_the_seed_report():

@@ -19,7 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional import r2_score
 
-from calib_seg.data.beads import SEED_DENSITY_RANGE, SEED_DILUTIONS, BeadPhysics, dilution_series, render_beads
+from calib_seg.data.beads import (
+    SEED_DENSITY_RANGE,
+    SEED_DILUTIONS,
+    BeadPhysics,
+    dilution_series,
+    render_beads,
+)
 from calib_seg.data.splits import Split, stratified_split
 
 
