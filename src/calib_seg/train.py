@@ -6,12 +6,15 @@ loggers -> fit -> test on the best checkpoint -> ``run.json`` -> the optimised m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import resource
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,34 @@ def pin_ddp_children(cfg: DictConfig) -> None:
     sys.argv = [sys.argv[0], *hc.overrides.task, "hydra.mode=RUN"]
 
 
+#: what Lightning's subprocess launcher sets in the *launching* process's environment (and never unsets)
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def ddp_job_scope(cfg: DictConfig) -> Iterator[None]:
+    """Leave the process as a DDP job found it, so the next job of an in-process sweep can start its own ranks.
+
+    Lightning keeps the gloo/nccl process group and the rank variables it put into ``os.environ`` after fit;
+    the next job would then believe its ranks were started externally and talk to the finished job's dead
+    workers. Only the launching process cleans up: under SLURM/torchrun (``LOCAL_RANK`` set before the job)
+    the scheduler owns ranks and environment.
+    """
+    launching = "ddp" in str(cfg.trainer.get("strategy") or "") and "LOCAL_RANK" not in os.environ
+    saved = {k: os.environ.get(k) for k in _DDP_ENV}
+    try:
+        yield
+    finally:
+        if launching:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
     out_dir = Path(cfg.paths.output_dir)
@@ -229,7 +260,7 @@ def print_summary(record: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
-    with clean_exit():  # config error: message + exit 2; SIGTERM: exit 143
+    with clean_exit(), ddp_job_scope(cfg):  # config error: message + exit 2; SIGTERM: exit 143
         record = run(cfg)
     if rank_zero_only.rank != 0:  # DDP worker: rank 0 prints, records and answers the sweeper
         return math.nan
