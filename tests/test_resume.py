@@ -54,6 +54,18 @@ def test_resume_true_skips_a_completed_run_without_training(run_cfg):
     assert not (out / "checkpoints").exists()  # nothing was built or trained
 
 
+def test_a_finished_run_folder_is_never_trained_over_without_resume(run_cfg):
+    from calib_seg.resume import RunFolderTaken
+
+    cfg = run_cfg(TINY_BEADS)
+    out = Path(cfg.paths.output_dir)
+    write_record(out, {"status": "completed", "best_val": 0.5})
+    before = (out / "run.json").read_bytes()
+    with pytest.raises(RunFolderTaken, match=r"already holds a completed run \(run.json\); nothing was overwritten"):
+        run(cfg)
+    assert (out / "run.json").read_bytes() == before and not (out / "checkpoints").exists()
+
+
 def test_resume_true_retrains_a_folder_whose_record_says_failed(run_cfg):
     cfg = run_cfg([*TINY_BEADS, "+resume=true"])
     out = Path(cfg.paths.output_dir)

@@ -7,6 +7,8 @@ Called from :func:`calib_seg.train.run` / ``main``; user-facing description in d
   training (a re-run sweep hands the sweeper the recorded metric); any other state (no record, failed,
   aborted, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
 - ``ckpt_path=last`` resumes from ``checkpoints/last.ckpt`` of the run folder (``hydra.run.dir=<same folder>``).
+- A folder that already holds a completed or aborted run is never trained over: without ``ckpt_path`` or
+  ``resume=true`` the run stops before anything is written (:class:`RunFolderTaken`, exit 2).
 - A run stopped by SIGTERM (Lightning stops at the next batch boundary) or Ctrl-C records ``status: failed``
   with the reason and how to resume, and exits non-zero (143 / 130) -- never ``completed``, never ``running``.
 """
@@ -29,6 +31,27 @@ log = logging.getLogger("calib_seg.resume")
 
 #: exit status of a run stopped by a bad config (like argparse), SIGTERM (128+15) and Ctrl-C (128+2)
 EXIT_CONFIG, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
+
+
+class RunFolderTaken(FileExistsError):
+    """The run folder already holds a finished run that a new training would overwrite."""
+
+
+def refuse_overwrite(cfg: DictConfig, out_dir: Path) -> None:
+    """Raise :class:`RunFolderTaken` when ``out_dir`` holds a completed/aborted run and this is not a resume.
+
+    Run folders get a unique suffix, so this only happens when ``hydra.run.dir`` / ``hydra.sweep.dir`` names an
+    existing folder on purpose. A failed record may be trained over (that is a retry, not a result).
+    """
+    if cfg.get("ckpt_path") not in (None, "") or cfg.get("resume", False):
+        return
+    record = read_record(out_dir)
+    if record is not None and record.get("status") in ("completed", "aborted"):
+        raise RunFolderTaken(
+            f"run folder {out_dir} already holds a {record['status']} run (run.json); nothing was overwritten. "
+            "Use a new folder (leave hydra.run.dir / hydra.sweep.dir unset), resume it with ckpt_path=last, or "
+            "re-run a sweep with +resume=true to skip its completed jobs"
+        )
 
 
 def check_config(cfg: DictConfig, out_dir: Path) -> None:
@@ -96,6 +119,9 @@ def clean_exit() -> Iterator[None]:
         yield
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    except RunFolderTaken as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_CONFIG) from None
     except SystemExit as exc:
         if _is_sigterm(exc):

@@ -32,7 +32,8 @@ from calib_seg.callbacks.record import describe_run, resolved_config, time_per_e
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.models import count_parameters
 from calib_seg.records import new_record, provenance, write_record
-from calib_seg.resume import check_config, clean_exit, completed_record, failure_reason, resume_checkpoint
+from calib_seg.resume import (check_config, clean_exit, completed_record, failure_reason, refuse_overwrite,
+                              resume_checkpoint)
 
 log = logging.getLogger("calib_seg.train")
 
@@ -159,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; always leaves a ``run.json`` (completed, aborted or failed)."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    refuse_overwrite(cfg, out_dir)  # an earlier finished run in this folder is never trained over
     check_config(cfg, out_dir)  # a bad key/value stops here: nothing seeded or built, run.json says failed
     done = completed_record(cfg, out_dir)  # resume=true: a job that already completed is not trained again
     if done is not None:
@@ -172,6 +174,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         pl.seed_everything(cfg.seed, workers=True)
+        if cfg.get("torch_threads"):  # on a shared machine, fewer threads than cores avoids oversubscription
+            torch.set_num_threads(int(cfg.torch_threads))
         datamodule = instantiate(cfg.data)
         task = instantiate(cfg.task, model=instantiate(cfg.model))
         record["params"] = count_parameters(task.model)
