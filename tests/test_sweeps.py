@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from calib_seg.config import compose
 from conftest import REPO, TINY_BEADS
+from test_slurm_real import slurm_cluster  # noqa: F401, F811  (fixture: a local SLURM cluster, or skip)
 
 # fastest possible job: compose, build the datamodule and the model, write run.json; no fit, no test
 NO_TRAINING = ["train=false", "test=false", "logger=none", "data.source.n_per_level=12",
@@ -222,3 +223,25 @@ def test_ddp_on_two_cpu_processes_gives_the_single_process_epoch_metrics(tmp_pat
         assert ddp["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-5, abs=1e-6), key
     # only rank 0 writes the record; the worker ran in the same folder (its log is there)
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").exists()
+
+
+@pytest.mark.slow
+def test_ddp_job_on_real_slurm_runs_two_ranks_as_slurm_tasks_and_rank_0_records(slurm_cluster, tmp_path):  # noqa: F811
+    """Under SLURM the launcher starts the ranks (tasks_per_node = devices); Lightning's SLURM environment wires
+    them up (no re-launch) and the synced test metrics equal a single-process run of the same fixed model."""
+    tiny = [o for o in TINY_BEADS if not o.startswith("trainer.max_epochs")] + ["train=false"]
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calib_seg.train", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}", *tiny,
+         "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "hydra.launcher.tasks_per_node=2",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=2",
+         "hydra.launcher.timeout_min=5"],
+        cwd=tmp_path, env=slurm_cluster, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait(proc, timeout=240)
+    [record] = _jobs_of(sweep_dir)
+    assert record["status"] == "completed", record.get("reason")
+    assert record["device"] == "2xcpu" and str(record["provenance"]["slurm_job_id"]).isdigit()
+    _wait(_train(*tiny, "trainer.devices=1", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'single'}"))
+    single = json.loads((tmp_path / "single" / "run.json").read_text())
+    for key in ("test/r2", "test/mae", "test/loss"):
+        assert record["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-5, abs=1e-6), key
