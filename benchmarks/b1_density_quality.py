@@ -95,6 +95,30 @@ def evaluate_dataset(name: str, overrides: list[str], epochs: int | None) -> dic
     return out
 
 
+def why_missed(d: dict) -> str:
+    """The gap to the oracle, level by level, in words (computed from the figures, not assumed)."""
+    mm = d["methods"]
+    area = (d["image_px"] * d["pixel_um"] * 1e-3) ** 2
+    ratio = {k: mm["model"]["per_dilution_mae"][k] / mm["oracle"]["per_dilution_mae"][k]
+             for k in mm["oracle"]["per_dilution_mae"]}
+    worst = sorted(ratio, key=ratio.get, reverse=True)[:3]
+    sparse = list(ratio)[-1]
+    return (
+        "Why missed: the oracle knows the realised bead count, so its error is only the Poisson scatter of the "
+        "count around the nominal density (the floor). The model's MAE is "
+        f"{mm['model']['mae'] / mm['oracle']['mae']:.2f}x that floor overall; per dilution the model/oracle MAE "
+        "ratio is " + ", ".join(f"{k} {ratio[k]:.1f}x" for k in ratio) + f". Worst: {', '.join(worst)}. At the "
+        f"sparsest level ({sparse}) the model's MAE of {mm['model']['per_dilution_mae'][sparse]:.0f} beads/mm² is "
+        f"{mm['model']['per_dilution_mae'][sparse] * area:.0f} beads per field of view: the standardised-target MSE "
+        "weights absolute errors, so sparse images (tiny targets) contribute almost nothing to the loss and the "
+        "model's relative error there is large (MAPE "
+        f"{mm['model']['mape']:.0f} % vs the oracle's {mm['oracle']['mape']:.0f} %). The CPU budget adds to it: "
+        f"{d['epochs']} epochs on {d['n_train']} training images at {d['pixel_um']:g} um/px, where a 4 um bead "
+        "covers about one pixel and beads at 50x-200x overlap, so the model must infer counts from blurred "
+        "clumps. The full size (512 px at 1 um/px, C02, 50 epochs, GPU) is the setting the goal is meant for; "
+        "it was not run on this machine.")
+
+
 def markdown(res: dict, header: str, goals: dict) -> str:
     parts = [header]
     for name, d in res["datasets"].items():
@@ -128,7 +152,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CPU size (128 px sampling, fewer epochs)")
     ap.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs (quick default 20)")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render the B1 section from results.json (no training), e.g. after editing the text")
     args = ap.parse_args()
+    if args.render_only:
+        res = common.read_results()["B1"]
+        old = common.read_results()["markdown"]["B1"]
+        header = old[: old.index("\n### ")]
+        main_set = res["datasets"].get("seed_scale") or next(iter(res["datasets"].values()))
+        res["goals"]["why"] = why_missed(main_set)
+        common.write_section("B1", res, markdown(res, header, res["goals"]))
+        return
     epochs = args.epochs or (20 if args.quick else None)
     load0, t0 = common.load_avg(), time.perf_counter()
     res = {"datasets": {}}
@@ -141,14 +175,7 @@ def main() -> None:
     goals = {"r2_gap": mm["oracle"]["r2"] - mm["model"]["r2"], "mae_ratio": mm["model"]["mae"] / mm["oracle"]["mae"],
              "mae_model": mm["model"]["mae"], "mae_classical": mm["classical"]["mae"]}
     goals["r2_met"], goals["mae_met"] = goals["r2_gap"] <= 0.001, goals["mae_ratio"] <= 1.2
-    goals["why"] = ("Why missed: the oracle sees the realised bead count, so its error is only the Poisson "
-                    "scatter of the count around the nominal density; a model that predicts exactly that count "
-                    "would tie it. On CPU the model trains "
-                    f"{main_set['epochs']} epochs on {main_set['n_train']} images at 4 um/px, where a 4 um bead "
-                    "is one pixel and beads at 50x-200x overlap heavily, so the residual error is the model's "
-                    "own counting error on top of the Poisson floor (see the per-dilution MAE: where it is "
-                    "largest). The full size (512 px at 1 um/px, C02, 50 epochs on a GPU) is the setting the "
-                    "goal is meant for; it was not run here.")
+    goals["why"] = why_missed(main_set)
     res.update({"r2_model": mm["model"]["r2"], "r2_oracle": mm["oracle"]["r2"], "r2_classical": mm["classical"]["r2"],
                 "r2_train_mean": mm["train_mean"]["r2"], "mae_model": mm["model"]["mae"],
                 "mae_oracle": mm["oracle"]["mae"], "mae_classical": mm["classical"]["mae"],

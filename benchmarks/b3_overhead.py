@@ -9,9 +9,10 @@ line) and the TensorBoard logger, plus a timing callback (:class:`common.StepTim
 
 Two ratios per model (median over repeats, first epoch = warm-up excluded on both sides):
 
-- ``train``: seconds of pure training per step: epoch start -> last training batch end (Lightning), vs the raw
-  loop's training part of the epoch. Includes data loading and per-step logging, excludes validation.
-- ``epoch``: whole epochs: training + validation pass over the val split with R²/MAE + a checkpoint written
+- ``train``: median seconds per training step, each step timed from the previous step's end (Lightning:
+  ``on_train_batch_end`` marks) so it includes data loading, the step and Lightning's per-step hooks/logging,
+  not validation. The median over all steps of epochs >= 2 is robust to load spikes of the shared machine.
+- ``epoch``: median whole epoch / steps per epoch: training + validation pass over the val split with R²/MAE + a checkpoint written
   (the raw loop does the same: a no-grad val pass computing R²/MAE and ``torch.save`` of model+optimizer state).
 
 Startup (Hydra compose, instantiation, simulation, sanity check) is reported separately, not in the ratios.
@@ -48,7 +49,7 @@ def run_calib_seg(overrides: list[str]) -> dict:
     timer = common.TIMERS[n_before]
     if rec["status"] != "completed":
         raise RuntimeError(f"B3 calib_seg run ended {rec['status']}: {rec.get('reason')}")
-    return {"train_s": timer.train_s(), "epoch_s": timer.epoch_s(), "steps": timer.steps,
+    return {"train_s": timer.train_s(), "epoch_s": timer.epoch_s(), "steps": timer.steps, "step_s": timer.step_s,
             "startup_s": timer.starts[0] - t0, "total_s": time.perf_counter() - t0}
 
 
@@ -70,10 +71,10 @@ def run_raw(overrides: list[str]) -> dict:
     train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
     ckpt = common.WORK / "b3_raw" / "last.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    train_s, epoch_s, steps = [], [], []
+    train_s, epoch_s, steps, step_s = [], [], [], []
     startup = time.perf_counter() - t0
-    for _ in range(int(cfg.trainer.max_epochs)):
-        e0 = time.perf_counter()
+    for epoch in range(int(cfg.trainer.max_epochs)):
+        e0 = prev = time.perf_counter()
         model.train()
         loss_sum, n = torch.zeros(()), 0
         for batch in train_loader:
@@ -84,6 +85,9 @@ def run_raw(overrides: list[str]) -> dict:
             opt.step()
             loss_sum += loss.detach()
             n += 1
+            now = time.perf_counter()
+            step_s.append((epoch, now - prev))
+            prev = now
         t_train = time.perf_counter()
         model.eval()
         preds, targets = [], []
@@ -100,23 +104,29 @@ def run_raw(overrides: list[str]) -> dict:
         train_s.append(t_train - e0)
         epoch_s.append(time.perf_counter() - e0)
         steps.append(n)
-    return {"train_s": train_s, "epoch_s": epoch_s, "steps": steps, "startup_s": startup,
+    return {"train_s": train_s, "epoch_s": epoch_s, "steps": steps, "step_s": step_s, "startup_s": startup,
             "total_s": time.perf_counter() - t0}
 
 
 def per_step(m: dict, key: str) -> float:
-    """Seconds per training step over epochs >= 2 (epoch 1 is warm-up)."""
-    return float(sum(m[key][1:]) / sum(m["steps"][1:]))
+    """Seconds per training step over epochs >= 2 (epoch 1 is warm-up).
+
+    ``train_s``: the median of the individual step times (each = data fetch + step + per-step hooks), robust to
+    the load spikes of a shared machine; ``epoch_s``: median whole-epoch time / steps per epoch.
+    """
+    if key == "train_s":
+        return float(statistics.median(s for e, s in m["step_s"] if e >= 1))
+    return float(statistics.median(m[key][1:]) / statistics.median(m["steps"][1:]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per run incl. the warm-up (quick 3, full 6)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run incl. the warm-up (quick 4, full 6)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
-    epochs = args.epochs or (3 if args.quick else 6)
+    epochs = args.epochs or (4 if args.quick else 6)
     load0, t0 = common.load_avg(), time.perf_counter()
     res: dict = {"models": {}}
     for name in args.models:

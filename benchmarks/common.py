@@ -259,6 +259,7 @@ def _make_step_timer():
             self.last_batch_end: list[float] = []
             self.ends: list[float] = []
             self.steps: list[int] = []
+            self.step_s: list[tuple[int, float]] = []  # (epoch index, seconds since previous step end)
             self.fit_end: float | None = None
             self.created = time.perf_counter()
             TIMERS.append(self)
@@ -269,7 +270,10 @@ def _make_step_timer():
             self.steps.append(0)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.last_batch_end[-1] = time.perf_counter()
+            now = time.perf_counter()
+            prev = self.starts[-1] if self.steps[-1] == 0 else self.last_batch_end[-1]
+            self.step_s.append((len(self.starts) - 1, now - prev))
+            self.last_batch_end[-1] = now
             self.steps[-1] += 1
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
