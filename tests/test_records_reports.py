@@ -187,6 +187,9 @@ def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
     area = 64 * 64 * (8.0e-3) ** 2  # TINY_BEADS: 64 px at 8 um/px
     np.testing.assert_allclose([float(r["implied_count_in_fov"]) for r in rows], got * area, rtol=1e-6)
+    # a second prediction into the same place never replaces the first silently
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        predict(pcfg)
 
 
 # ------------------------------------------------------------------------------------------------ reports

@@ -177,6 +177,13 @@ def predict_segmentation(task: Any, files: list[Path], out_dir: Path, patch: int
 
 
 # ------------------------------------------------------------------------------------------------ entry
+def refuse_overwrite(out: Path, overwrite: bool) -> None:
+    """Earlier predictions are never replaced silently: an existing CSV or non-empty folder needs overwrite=true."""
+    taken = out.is_file() or (out.is_dir() and any(out.iterdir()))
+    if taken and not overwrite:
+        raise FileExistsError(f"output {out} already holds predictions; choose a new output or pass overwrite=true")
+
+
 def predict(cfg: DictConfig) -> Path:
     """Run the prediction described by ``cfg``; return the CSV path (density) or the mask folder."""
     run_cfg = load_run_config(cfg.ckpt_path)
@@ -185,6 +192,7 @@ def predict(cfg: DictConfig) -> Path:
     files = input_files(cfg.input)
     bit, pixel = camera_facts(cfg, run_cfg)
     out = Path(cfg.output)
+    refuse_overwrite(out, bool(cfg.get("overwrite", False)))
     if hasattr(task, "predict_proba"):
         patch = (run_cfg.get("data") or {}).get("patch_size")
         predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),
