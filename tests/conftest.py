@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from calib_seg.config import compose
+from calib_seg.config import compose_for_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -36,17 +35,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 def compose_run_cfg(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """The train config as Hydra would build it for a run whose output folder is ``output_dir``."""
-    GlobalHydra.instance().clear()
-    cfg = compose(list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(REPO)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(REPO)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = "test"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_for_run(overrides, output_dir, job_id="test")
 
 
 @pytest.fixture
