@@ -68,13 +68,13 @@ def baselines(ov: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--epochs", type=int, default=None, help="quick default 4")
-    ap.add_argument("--patches", type=int, default=None, help="training patches per epoch (quick default 128)")
+    ap.add_argument("--epochs", type=int, default=None, help="quick default 3")
+    ap.add_argument("--patches", type=int, default=None, help="training patches per epoch (quick default 64)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--datasets", nargs="+", default=["synth", "lucchi"], choices=["synth", "lucchi"])
     args = ap.parse_args()
-    epochs = args.epochs or (4 if args.quick else None)
-    patches = args.patches or (128 if args.quick else None)
+    epochs = args.epochs or (3 if args.quick else None)
+    patches = args.patches or (64 if args.quick else None)
     load0, t0 = common.load_avg(), time.perf_counter()
     res: dict = {"datasets": {}}
     for ds in args.datasets:

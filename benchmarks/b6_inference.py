@@ -8,7 +8,9 @@
 Checkpoints come from a one-batch training run per model (weights do not matter for speed) in
 ``benchmarks/_work/b6``. Each model's prediction runs in a fresh subprocess so its peak memory is its own:
 peak RSS (``ru_maxrss``) on CPU, ``torch.cuda.max_memory_allocated`` on GPU; the RSS after loading the
-checkpoint and before predicting is reported beside it (the Python + torch baseline).
+checkpoint and before predicting is reported beside it (the Python + torch baseline). Peak RSS is /proc's VmHWM,
+reset after the warm-up image: ``ru_maxrss`` is inherited from the parent across fork+exec on Linux, so it
+would report the benchmark process's own training peak.
 
     .venv/bin/python benchmarks/b6_inference.py --quick
 """
@@ -48,7 +50,7 @@ def make_checkpoint(name: str, kind: str, ov: list[str]) -> str:
     extra = (DENSITY_TRAIN if kind == "density" else
              ["data.source.n_train=2", "data.source.n_val=1", "data.source.n_test=1", "data.patches_per_epoch=8",
               "data.source.height=256", "data.source.width=256"])
-    base = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
+    base = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "test=false",
             "logger=none", "trainer.enable_progress_bar=false", "callbacks.figures=null"]
     if kind == "seg" and any(o.startswith("experiment=mito_") and o != "experiment=mito_quick" for o in ov):
         extra = extra + ["data.patch_size=128"]
@@ -94,6 +96,26 @@ def seg_inputs(folder: Path) -> Path:
     return folder.parent / "mito_synth" / "train" / "images"
 
 
+def _status_mb(field: str) -> float | None:
+    """VmRSS / VmHWM of this process in MiB (/proc: VmHWM starts afresh at exec, unlike ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak is the timed pass's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def predict_one(ckpt: str, inp: str, out: str) -> dict:
     """(subprocess) time calib_seg.predict on one checkpoint; peak memory of this process only."""
     import torch
@@ -107,12 +129,14 @@ def predict_one(ckpt: str, inp: str, out: str) -> dict:
     cfg = compose([f"ckpt_path={ckpt}", f"input={inp}", f"output={out}"], config_name="predict")
     # warm-up on one image (first-call allocations, lazy imports), then the timed pass over all
     files = input_files(inp)
-    warm = common.WORK / "b6" / "warm"
-    warm.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    warm = Path(tempfile.mkdtemp(prefix="warm_", dir=common.WORK / "b6"))
     GlobalHydra.instance().clear()
     cfg_w = compose([f"ckpt_path={ckpt}", f"input={files[0]}", f"output={warm}"], config_name="predict")
     predict(cfg_w)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_before = _status_mb("VmRSS")
+    reset = _reset_peak_rss()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -120,7 +144,8 @@ def predict_one(ckpt: str, inp: str, out: str) -> dict:
     dt = time.perf_counter() - t0
     return {"images": len(files), "seconds": dt, "images_per_s": len(files) / dt,
             "rss_after_warmup_mb": rss_before,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_rss_mb": _status_mb("VmHWM"), "peak_reset_after_warmup": reset,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
 
 
@@ -144,7 +169,8 @@ def main() -> None:
         print(f"B6: {name}", flush=True)
         ckpt = make_checkpoint(name, kind, ov)
         inp = dens_in if kind == "density" else seg_in
-        out = work / "out" / ("density_" + str(abs(hash(name))) + ".csv" if kind == "density" else "seg_" + str(abs(hash(name))))
+        slug = "".join(c if c.isalnum() else "_" for c in name) + time.strftime("_%H%M%S")
+        out = work / "out" / (slug + ".csv" if kind == "density" else slug)
         proc = subprocess.run([sys.executable, __file__, "--one", ckpt, str(inp), str(out)], capture_output=True,
                               text=True, cwd=common.BENCH_DIR)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("B6JSON ")]
@@ -166,7 +192,7 @@ def main() -> None:
     rows = [[n, "512x512 density" if v["kind"] == "density" else "768x1024 slice", v["images"], v["images_per_s"],
              v["peak_rss_mb"], v["rss_after_warmup_mb"], v["peak_cuda_mb"], v["load_avg"][0]]
             for n, v in res["models"].items()]
-    parts.append(common.md_table(["model", "input", "images", "images/s", "peak RSS MB", "RSS after warm-up MB",
+    parts.append(common.md_table(["model", "input", "images", "images/s", "peak RSS MB (timed pass)", "RSS after warm-up MB",
                                   "peak CUDA MB", "load (1 min)"], rows))
     parts.append("\nDensity: `predict` batch 16 (conf/predict.yaml), files read from 16-bit TIFF. Segmentation: "
                  "whole slices through the task's tiled path (tile = training patch, 4 tiles per pass). Each "
