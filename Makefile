@@ -72,7 +72,7 @@ report: $(VENV_STAMP) ## sweep report (report.md, summary.csv, report_figures/) 
 
 .PHONY: report
 
-bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,json} (~30 min); ARGS="--only B3" or FULL=1 for GPU sizes
+bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,json} (~50 min on 2 busy cores); ARGS="--only B3" or FULL=1 for GPU sizes
 	$(PY) benchmarks/run_all.py $(if $(FULL),,--quick) $(ARGS)
 
 .PHONY: bench
