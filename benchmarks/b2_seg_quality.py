@@ -107,7 +107,7 @@ def main() -> None:
     parts = [common.section_header("B2", args.quick, [res["command"]], load0, load1, time.perf_counter() - t0)]
     for ds, e in res["datasets"].items():
         b = e["baselines"]
-        parts.append(f"\n### {ds}: {b['n_train_images']} training images (incl. held-out val), "
+        parts.append(f"\n### {ds}: {b['n_train_images']} training images (validation images held out separately), "
                      f"{b['n_test_images']} test image(s) of {b['test_shape'][0]}x{b['test_shape'][1]}\n")
         rows = [[m, v["jaccard"], v["dice"], v["epochs"], v["params"], v["status"]] for m, v in e["models"].items()]
         rows += [["Otsu + morphology", b["otsu"]["jaccard"], b["otsu"]["dice"], "-", 0, f"tuned on train: {b['otsu']['params']}"],
