@@ -101,24 +101,10 @@ class Timer:
 
 # ------------------------------------------------------------------------------------------------ configs
 def compose_run_cfg(overrides: Sequence[str], output_dir: Path):
-    """The train config as Hydra would build it for a run writing into ``output_dir`` (as tests/conftest.py)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """The train config as Hydra would build it for a run writing into ``output_dir``."""
+    from calib_seg.config import compose_for_run
 
-    from calib_seg.config import compose
-
-    GlobalHydra.instance().clear()
-    cfg = compose(list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(REPO)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(REPO)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = "bench"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_for_run(overrides, output_dir, job_id="bench")
 
 
 def run_training(overrides: Sequence[str], name: str) -> dict[str, Any]:
