@@ -11,19 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from calib_seg.models import norm_layer
+
 _HEAD_ACTIVATIONS = {None: nn.Identity, "none": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus}
-
-
-def norm_layer(kind: str | None, channels: int) -> nn.Module:
-    """``batch`` | ``group`` (8 groups, or fewer for thin layers) | ``none``."""
-    if kind in (None, "none"):
-        return nn.Identity()
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        groups = 8 if channels % 8 == 0 else 1
-        return nn.GroupNorm(groups, channels)
-    raise ValueError(f"norm must be one of 'batch', 'group', 'none'; got {kind!r}")
 
 
 def _check_filters(filters: Sequence[int]) -> list[int]:

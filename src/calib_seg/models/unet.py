@@ -16,20 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calib_seg.models import NORMS, norm_layer
+
 __all__ = ["UNet", "AttentionUNet", "AttentionResUNet", "AttentionGate"]
 
-_NORMS = ("batch", "group", "none")
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    """Normalisation layer by name; group norm uses up to 8 groups that divide ``channels``."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        # 8 groups is the usual choice; fall back to fewer when the width is small or not divisible.
-        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
 
 
 def _conv(cin: int, cout: int, norm: str, kernel: int = 3) -> nn.Conv2d:
@@ -37,20 +27,19 @@ def _conv(cin: int, cout: int, norm: str, kernel: int = 3) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=(norm == "none"))
 
 
+def _two_convs(cin: int, cout: int, norm: str, dropout: float, final_relu: bool) -> nn.Sequential:
+    """conv -> norm -> ReLU -> [dropout] -> conv -> norm [-> ReLU]: the body of both block types."""
+    layers = [_conv(cin, cout, norm), norm_layer(norm, cout), nn.ReLU(inplace=True),
+              nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(), _conv(cout, cout, norm), norm_layer(norm, cout)]
+    return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if final_relu else []))
+
+
 class ConvBlock(nn.Module):
     """Two 3x3 conv -> norm -> ReLU layers (the classic U-Net block), optional dropout in between."""
 
     def __init__(self, cin: int, cout: int, norm: str = "batch", dropout: float = 0.0):
         super().__init__()
-        self.body = nn.Sequential(
-            _conv(cin, cout, norm),
-            _norm(norm, cout),
-            nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
-            _conv(cout, cout, norm),
-            _norm(norm, cout),
-            nn.ReLU(inplace=True),
-        )
+        self.body = _two_convs(cin, cout, norm, dropout, final_relu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -61,16 +50,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, norm: str = "batch", dropout: float = 0.0):
         super().__init__()
-        self.body = nn.Sequential(
-            _conv(cin, cout, norm),
-            _norm(norm, cout),
-            nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
-            _conv(cout, cout, norm),
-            _norm(norm, cout),
-        )
+        self.body = _two_convs(cin, cout, norm, dropout, final_relu=False)
         # Channel counts change at every level, so the shortcut always needs a projection.
-        self.shortcut = nn.Sequential(_conv(cin, cout, norm, kernel=1), _norm(norm, cout))
+        self.shortcut = nn.Sequential(_conv(cin, cout, norm, kernel=1), norm_layer(norm, cout))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +75,7 @@ class AttentionGate(nn.Module):
         self.psi = nn.Conv2d(inter_channels, 1, kernel_size=1, bias=True)
         # Output projection + norm as in the reference implementation: keeps the gated skip well scaled.
         self.out = nn.Sequential(
-            _conv(skip_channels, skip_channels, norm, kernel=1), _norm(norm, skip_channels)
+            _conv(skip_channels, skip_channels, norm, kernel=1), norm_layer(norm, skip_channels)
         )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -117,8 +99,8 @@ class _UNetBase(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if in_channels < 1 or base_filters < 1:
