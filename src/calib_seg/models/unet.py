@@ -21,7 +21,6 @@ from calib_seg.models import NORMS, norm_layer
 __all__ = ["UNet", "AttentionUNet", "AttentionResUNet", "AttentionGate"]
 
 
-
 def _conv(cin: int, cout: int, norm: str, kernel: int = 3) -> nn.Conv2d:
     # A bias right before batch/group norm is cancelled by the norm's mean subtraction: drop it.
     return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=(norm == "none"))
