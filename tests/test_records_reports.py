@@ -288,3 +288,13 @@ def test_report_cli_refuses_a_missing_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "calib_seg.report", str(tmp_path / "nope")], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_report_names_jobs_by_the_overrides_that_differ():
+    """Fixed overrides repeat in every folder name; the report shows only what the sweep varied."""
+    from calib_seg.report import _short_job_names
+
+    rows = [{"job": "0_experiment=C01,data.batch_size=32,model.filters=[16,32,64]"},
+            {"job": "1_experiment=C02,data.batch_size=32,model.filters=[32,64,128]"}]
+    assert [r["job"] for r in _short_job_names(rows)] == [
+        "0_experiment=C01,model.filters=[16,32,64]", "1_experiment=C02,model.filters=[32,64,128]"]

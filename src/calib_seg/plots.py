@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless cluster nodes; also avoids a GUI backend's per-figure cost
 
@@ -242,6 +243,8 @@ def capacity_plot(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
                 a.annotate(str(r.get("label", "")), (p, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for a, lab in ((ax, "test R² (unitless)"), (ax2, f"test MAE [{DENSITY_UNIT}]")):
         a.set_xscale("log")
+        # minor tick labels (2x10^5, 4x10^5, ...) collide on a short log axis; decades are enough
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         a.set_xlabel("trainable parameters (count)")
         a.set_ylabel(lab)
         a.grid(alpha=0.3)

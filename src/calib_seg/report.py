@@ -110,6 +110,25 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
                                  if (mm := _DIL.match(k)) and _num(v) is not None},
         }
         rows.append(row)
+    return _short_job_names(rows)
+
+
+_OVERRIDE_SEP = re.compile(r",(?![^\[]*\])")  # commas between overrides, not inside [16,32,64]
+
+
+def _short_job_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Name each job by its number and the overrides that differ between jobs (the folder keeps the full name).
+
+    A sweep's fixed overrides (data size, epochs, ...) repeat in every folder name and would bury the swept value.
+    """
+    parts = {r["job"]: r["job"].split("_", 1) for r in rows}
+    items = {job: _OVERRIDE_SEP.split(p[1]) if len(p) > 1 else [] for job, p in parts.items()}
+    common = set.intersection(*(set(v) for v in items.values())) if len(rows) > 1 else set()
+    for r in rows:
+        num = parts[r["job"]][0]
+        varying = [i for i in items[r["job"]] if i not in common]
+        if varying:  # a name with nothing that varies stays as it is
+            r["job"] = f"{num}_{','.join(varying)}"
     return rows
 
 
