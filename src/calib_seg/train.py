@@ -32,8 +32,14 @@ from calib_seg.callbacks.record import describe_run, resolved_config, time_per_e
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.models import count_parameters
 from calib_seg.records import new_record, provenance, write_record
-from calib_seg.resume import (check_config, clean_exit, completed_record, failure_reason, refuse_overwrite,
-                              resume_checkpoint)
+from calib_seg.resume import (
+    check_config,
+    clean_exit,
+    completed_record,
+    failure_reason,
+    refuse_overwrite,
+    resume_checkpoint,
+)
 
 log = logging.getLogger("calib_seg.train")
 
