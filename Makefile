@@ -17,7 +17,7 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 
 install: $(VENV_STAMP) ## create .venv and install calib_seg with pinned dependencies (about 3 min)
 
-train: $(VENV_STAMP) ## train the default density model on synthetic beads (CPU, ~3 min); ARGS="..." for overrides
+train: $(VENV_STAMP) ## train the default density model on synthetic beads (CPU, ~1 min); ARGS="..." for overrides
 	$(PY) -m calib_seg.train $(ARGS)
 
 test: $(VENV_STAMP) ## fast test suite (what CI runs)
