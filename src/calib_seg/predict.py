@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from calib_seg import resolvers  # noqa: F401
 from calib_seg.data.images import IMAGE_SUFFIXES, list_images, read_raw, to_unit_float
 from calib_seg.evaluate import load_run_config, load_task
-from calib_seg.records import atomic_write_text
+from calib_seg.records import atomic_write_text, refuse_existing_output
 
 log = logging.getLogger("calib_seg.predict")
 
@@ -177,13 +177,6 @@ def predict_segmentation(task: Any, files: list[Path], out_dir: Path, patch: int
 
 
 # ------------------------------------------------------------------------------------------------ entry
-def refuse_overwrite(out: Path, overwrite: bool) -> None:
-    """Earlier predictions are never replaced silently: an existing CSV or non-empty folder needs overwrite=true."""
-    taken = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if taken and not overwrite:
-        raise FileExistsError(f"output {out} already holds predictions; choose a new output or pass overwrite=true")
-
-
 def predict(cfg: DictConfig) -> Path:
     """Run the prediction described by ``cfg``; return the CSV path (density) or the mask folder."""
     run_cfg = load_run_config(cfg.ckpt_path)
@@ -192,7 +185,7 @@ def predict(cfg: DictConfig) -> Path:
     files = input_files(cfg.input)
     bit, pixel = camera_facts(cfg, run_cfg)
     out = Path(cfg.output)
-    refuse_overwrite(out, bool(cfg.get("overwrite", False)))
+    refuse_existing_output(out, bool(cfg.get("overwrite", False)), hint="choose a new output or pass overwrite=true")
     if hasattr(task, "predict_proba"):
         patch = (run_cfg.get("data") or {}).get("patch_size")
         predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),

@@ -7,6 +7,7 @@ only these files; it never re-trains.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def content_hash(obj: Any, length: int | None = 16) -> str:
+    """sha256 of ``obj`` as sorted JSON: the fingerprint of generator parameters or a file manifest."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:length] if length else digest
+
+
+def refuse_existing_output(path: str | Path, overwrite: bool = False, hint: str = "choose a new folder") -> None:
+    """Nothing is replaced silently: an existing file or non-empty folder at ``path`` is an error unless ``overwrite``."""
+    path = Path(path)
+    taken = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if taken and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; {hint} (nothing is overwritten)")
 
 
 def _jsonable(obj: Any) -> Any:

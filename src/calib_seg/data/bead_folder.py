@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from calib_seg.data.beads import dilution_series
-from calib_seg.data.density import BeadSet, SyntheticBeads, _params_hash
+from calib_seg.data.density import BeadSet, SyntheticBeads
 from calib_seg.data.images import full_scale, list_images, read_raw, to_gray
-from calib_seg.records import atomic_write_text
+from calib_seg.records import atomic_write_text, content_hash, refuse_existing_output
 
 log = logging.getLogger(__name__)
 _DILUTION_IN_NAME = re.compile(r"^(\d+(?:\.\d+)?)x(?:[_\-.]|$)", re.IGNORECASE)
@@ -177,7 +177,7 @@ class BeadFolder:
             scale = 1.0
         else:
             scale = full_scale(stack.dtype, bit_depth)
-        manifest_hash = _params_hash([(r["file"], r["density"], r["dilution"]) for r in kept])
+        manifest_hash = content_hash([(r["file"], r["density"], r["dilution"]) for r in kept])
         area = (stack.shape[-1] * pixel * 1e-3) ** 2 if pixel else None
         return BeadSet(
             images=stack, scale=scale,
@@ -223,8 +223,7 @@ def write_bead_folder(source: SyntheticBeads, out_dir: str | Path) -> Path:
     import tifffile
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing is overwritten)")
+    refuse_existing_output(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     beads = source.load(progress=True)
     lines, centre_lines = ["file,dilution,density,count"], ["file,y_um,x_um"]

@@ -7,8 +7,6 @@ its origin, and serves batches ``{"image", "density", "dilution", "count"}`` (se
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ from calib_seg.data.beads import (
     render_beads,
 )
 from calib_seg.data.splits import Split, stratified_split
+from calib_seg.records import content_hash
 
 
 @dataclass
@@ -96,13 +95,10 @@ class SyntheticBeads:
             count=np.array([s.count for s in sims], dtype=float),
             names=[f"{int(s.dilution)}x_{i:04d}" for i, s in enumerate(sims)],
             fov_area_mm2=self.physics.fov_area_mm2,
-            fingerprint={**self.params(), "sha256": _params_hash(self.params())},
+            fingerprint={**self.params(), "sha256": content_hash(self.params())},
             centres_um=[s.centres_um for s in sims],
         )
 
-
-def _params_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _BeadDataset(Dataset):

@@ -21,8 +21,6 @@ All randomness comes from one ``numpy.random.Generator``; operations are vectori
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from calib_seg.data.em import SegSplit
+from calib_seg.records import content_hash, refuse_existing_output
 
 GENERATOR_VERSION = "mito_synth/2"
 
@@ -374,7 +373,7 @@ class MitoSynthSource:
             "n": dict(self.n),
             "params": asdict(self.params),
         }
-        fp["sha256"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=list).encode()).hexdigest()
+        fp["sha256"] = content_hash(fp, length=None)
         return fp
 
 
@@ -399,8 +398,7 @@ def write_mito_folder(
     from PIL import Image
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to write into it")
+    refuse_existing_output(out, overwrite, hint="choose a new folder or pass overwrite=True")
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     p = _params_from(params)
     summary: dict = {
