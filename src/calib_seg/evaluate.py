@@ -24,8 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
 from calib_seg.callbacks.figures import RunFigures
-from calib_seg.callbacks.record import describe_run, resolved_config
-from calib_seg.records import new_record, provenance, read_record, write_record
+from calib_seg.records import describe_run, new_record, provenance, read_record, resolved_config, write_record
 
 log = logging.getLogger("calib_seg.evaluate")
 

@@ -63,7 +63,7 @@ def check_config(cfg: DictConfig, out_dir: Path) -> None:
     try:
         validate(cfg)
     except ConfigError as exc:
-        from calib_seg.callbacks.record import resolved_config
+        from calib_seg.records import resolved_config
 
         record = new_record(status="failed", reason=f"ConfigError: {exc}", run_dir=str(out_dir),
                             task=cfg.get("task_name"), optimized_metric=cfg.get("optimized_metric"), epochs=0)

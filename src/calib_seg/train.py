@@ -28,10 +28,16 @@ from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
-from calib_seg.callbacks.record import describe_run, resolved_config, time_per_epoch, val_summary
 from calib_seg.callbacks.tensorboard import log_outcome
-from calib_seg.models import count_parameters
-from calib_seg.records import new_record, provenance, write_record
+from calib_seg.records import (
+    describe_run,
+    new_record,
+    provenance,
+    resolved_config,
+    time_per_epoch,
+    val_summary,
+    write_record,
+)
 from calib_seg.resume import (
     check_config,
     clean_exit,
@@ -184,7 +190,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             torch.set_num_threads(int(cfg.torch_threads))
         datamodule = instantiate(cfg.data)
         task = instantiate(cfg.task, model=instantiate(cfg.model))
-        record["params"] = count_parameters(task.model)
         loggers = instantiate_group(cfg.get("logger"))
         callbacks = instantiate_group(cfg.get("callbacks"))
         if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
@@ -224,9 +229,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "wall_time_s": time.perf_counter() - t0,
             "time_per_epoch_s": time_per_epoch(callbacks, fit_time, epochs),
             **peak_memory_mb(),
-            "device": str(task.device) if trainer.num_devices == 1 else f"{trainer.num_devices}x{task.device.type}",
-            "metric_definitions": task.metric_definitions(),
-            "data_fingerprint": datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None,
         })
     except BaseException as exc:  # SIGTERM and Ctrl-C too: a killed run must not stay "running"
         record.update({"status": "failed", "reason": failure_reason(exc, out_dir),
@@ -237,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         # under DDP every rank runs this function on the same folder; metrics are synced, so rank 0 speaks for all
         if rank_zero_only.rank == 0:
-            describe_run(record, task, datamodule, trainer)
+            describe_run(record, task, datamodule, trainer)  # params, device, metric definitions, data
             record["provenance"] = provenance(out_dir)
             record["config"] = resolved_config(cfg)
             write_record(out_dir, record)
