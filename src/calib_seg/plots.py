@@ -8,6 +8,7 @@ says what it shows.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,41 +98,65 @@ def density_residuals(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray
     return fig
 
 
-def per_dilution_stats(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray) -> list[dict[str, float]]:
-    """Per dilution level: n, actual density, mean and std of predictions, MAE and MAPE (percent)."""
-    pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
-    rows = []
-    for d in sorted({float(x) for x in dilution if np.isfinite(x)}):
-        sel = dilution == d
-        p, t = pred[sel], target[sel]
-        rows.append({"dilution": d, "n": int(sel.sum()), "actual": float(t.mean()), "pred_mean": float(p.mean()),
-                     "pred_std": float(p.std()), "mae": float(np.abs(p - t).mean()),
-                     "mape": float(np.mean(np.abs(p - t) / np.maximum(np.abs(t), 1e-12)) * 100)})
-    return rows
+def calibration_figure(block: Mapping[str, Any], title: str) -> Figure:
+    """The calibration verdict of one split (:func:`calib_seg.metrics.calibration.calibrate`), two panels.
 
-
-def density_per_dilution(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
-    """Mean ± std of predictions per dilution next to the actual density, and MAPE per dilution."""
-    rows = per_dilution_stats(pred, target, dilution)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    x = np.arange(len(rows))
-    labels = [f"{r['dilution']:g}x" for r in rows]
-    ax.errorbar(x, [r["pred_mean"] for r in rows], yerr=[r["pred_std"] for r in rows], fmt="o", capsize=3,
-                label="predicted (mean ± std)")
-    ax.plot(x, [r["actual"] for r in rows], "k_", ms=16, mew=2, label="actual")
-    if rows and all(r["actual"] > 0 for r in rows):
-        ax.set_yscale("log")
-    ax.set_xticks(x, labels, rotation=45, fontsize=8)
-    ax.set_xlabel("dilution")
-    ax.set_ylabel(f"density [{DENSITY_UNIT}]")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax2.bar(x, [r["mape"] for r in rows], color="tab:orange")
-    ax2.set_xticks(x, labels, rotation=45, fontsize=8)
-    ax2.set_xlabel("dilution")
+    Left: calibration curve, log-log, mean ± SD of the predictions per level against nominal, the identity line
+    and the ±1 SD band of a perfect counter (Poisson); failing levels in red. Right: MAPE per level beside the
+    counting-statistics floor and the excess limit (max_excess x floor) above which a level fails.
+    """
+    levels = list(block["levels"])
+    area = block.get("fov_area_mm2")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    nom = np.array([r["nominal"] for r in levels], float)
+    mean = np.array([r["mean"] for r in levels], float)
+    sd = np.array([r["sd"] if r["sd"] is not None else 0.0 for r in levels], float)
+    failed = np.array([not r["passed"] for r in levels])
+    lo_x, hi_x = float(nom.min()) / 1.6, float(nom.max()) * 1.6
+    grid = np.geomspace(lo_x, hi_x, 200)
+    if area:
+        band = np.sqrt(grid * area) / area
+        ax.fill_between(grid, np.maximum(grid - band, lo_x / 10), grid + band, color="0.85",
+                        label="perfect counter ±1 SD (Poisson)")
+    ax.plot(grid, grid, "k--", lw=1, label="identity")
+    pos = mean > 0
+    lower = np.minimum(sd, mean - mean / 50)  # error bars stay on the positive half of a log axis
+    for sel, colour, lab in ((pos & ~failed, "tab:blue", "level passes"), (pos & failed, "tab:red", "level fails")):
+        if sel.any():
+            ax.errorbar(nom[sel], mean[sel], yerr=[lower[sel], sd[sel]], fmt="o", color=colour, capsize=3,
+                        label=f"{lab} (mean ± SD)")
+    for r in levels:
+        if r["mean"] > 0:
+            ax.annotate(r["level"], (r["nominal"], r["mean"]), fontsize=7, xytext=(4, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo_x, hi_x)
+    ymin = min(lo_x, float(mean[pos].min()) / 1.6) if pos.any() else lo_x
+    ymax = max(hi_x, float((mean + sd)[pos].max()) * 1.6) if pos.any() else hi_x
+    ax.set_ylim(ymin, ymax)
+    ax.set_xlabel(f"nominal density [{DENSITY_UNIT}]")
+    ax.set_ylabel(f"predicted density [{DENSITY_UNIT}]")
+    hidden = int((~pos).sum())
+    ax.set_title("calibration curve" + (f" ({hidden} level(s) with mean <= 0 not shown)" if hidden else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left")
+    x = np.arange(len(levels))
+    mape = np.array([r["mape"] for r in levels], float)
+    ax2.bar(x, mape, color=np.where(failed, "tab:red", "tab:blue"), alpha=0.8, label="model MAPE")
+    floors = [r["floor_mape"] for r in levels]
+    if all(f is not None for f in floors):
+        f = np.array(floors, float)
+        ax2.plot(x, f, "k_", ms=18, mew=2, label="counting-statistics floor (perfect counter)")
+        ax2.plot(x, block["max_excess"] * f, color="tab:red", ls="none", marker="_", ms=18, mew=1,
+                 label=f"excess limit ({block['max_excess']:g} x floor)")
+    ax2.set_yscale("log")
+    ax2.set_xticks(x, [r["level"] for r in levels], rotation=45, fontsize=8)
+    ax2.set_xlabel("level (densest first)")
     ax2.set_ylabel("mean absolute percentage error [%]")
-    ax2.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{title}: per-dilution error")
+    ax2.set_title("relative error per level vs the floor")
+    ax2.grid(alpha=0.3, axis="y", which="both")
+    ax2.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(f"{title}: {block['line']}", 150), fontsize=9)
     return fig
 
 

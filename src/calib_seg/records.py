@@ -28,7 +28,7 @@ RECORD_NAME = "run.json"
 #: Top-level keys every run.json has, whatever its status (null when not known, e.g. a run that failed early).
 RECORD_FIELDS = (
     "status", "reason", "aborted_epoch", "task", "choices", "run_dir", "optimized_metric", "best_val", "best_epoch",
-    "epochs", "metrics", "val_metrics_best", "val_metrics_final", "test_metrics", "wall_time_s", "time_per_epoch_s",
+    "epochs", "metrics", "val_metrics_best", "val_metrics_final", "test_metrics", "calibration", "wall_time_s", "time_per_epoch_s",
     "peak_rss_mb", "peak_cuda_mb", "params", "device", "metric_definitions", "data_fingerprint", "provenance",
     "config",
 )

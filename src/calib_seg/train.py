@@ -215,6 +215,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 test_metrics.update(datamodule.reference_metrics("test"))
 
         b_epoch, b_score = best_epoch(callbacks)
+        if test_metrics:  # the second, independent verdict: never aborts, never changes the status
+            record["calibration"] = calibration_verdict(task, datamodule, cfg, out_dir, b_epoch)
         record.update({
             "status": "aborted" if aborted else "completed",
             "reason": aborted[0] if aborted else None,
@@ -247,6 +249,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def calibration_verdict(task: Any, datamodule: Any, cfg: DictConfig, out_dir: Path,
+                        b_epoch: int | None) -> dict[str, Any] | None:
+    """Per-level calibration of the test (and validation) predictions; rank 0 writes test_predictions.csv.
+
+    A problem here is recorded and logged, never raised: the calibration verdict must not turn a finished run
+    into a failed one (docs/calibration.md).
+    """
+    from calib_seg.metrics.predictions import run_calibration
+
+    try:
+        return run_calibration(task, datamodule, cfg.get("calibration"),
+                               out_dir if rank_zero_only.rank == 0 else None, b_epoch)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("no calibration verdict: %s: %s", type(exc).__name__, exc)
+        return {"verdict": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def print_summary(record: dict[str, Any]) -> None:
     """A short table of the headline numbers, with the physical reference (oracle) beside the model."""
     from rich.console import Console
@@ -262,11 +281,22 @@ def print_summary(record: dict[str, Any]) -> None:
             ("test/max_error", "test max error [beads/mm²]"), ("test/jaccard", "test Jaccard (foreground)"),
             ("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"), ("test/dice", "test Dice")]
     for key, label in rows:
-        if key in m and m[key] is not None:
-            table.add_row(label, f"{m[key]:.4f}" if abs(m[key]) < 100 else f"{m[key]:.1f}")
+        value = m.get(key, "absent")
+        if key in ("test/r2", "test/r2_oracle") and key in m and (value is None or not math.isfinite(value)):
+            table.add_row(label, "n/a (one density level)")  # R² is undefined on a single level
+        elif key in m and value is not None:
+            table.add_row(label, f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}")
     table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
     table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    calibration = record.get("calibration")
+    if calibration:
+        from calib_seg.metrics.calibration import summary_text
+
+        # plain print: the Markdown table must not be re-wrapped or styled by rich
+        print(summary_text(calibration) if calibration.get("levels") else f"calibration: n/a ({calibration.get('error')})",
+              flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

@@ -181,6 +181,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.source.n_per_level": positive_int,
     "data.source.skip_bad_files": boolean,
     "data.source.resize": optional_positive_int,
+    "calibration.max_excess": positive_number,
+    "calibration.bias_z": positive_number,
+    "calibration.max_slope_deviation": positive_number,
     "trainer.max_epochs": positive_int,
     "trainer.devices": lambda v: None if (_is_int(v) and v > 0) or isinstance(v, (str, list, ListConfig))
     else f"expected an integer > 0, 'auto' or a list of device ids, got {_show(v)}",

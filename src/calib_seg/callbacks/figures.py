@@ -8,6 +8,7 @@ segmentation task) and logged metrics; the drawing itself lives in :mod:`calib_s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,13 @@ class RunFigures(pl.Callback):
         title: run name used in figure titles (the run folder's name is appended).
         n_overlays: test images shown in the segmentation overlay figure.
         enabled: switch off without removing the callback (e.g. for benchmarks).
+        calibration: thresholds of the density calibration verdict (the ``calibration`` config; defaults if None).
     """
 
     def __init__(self, dirpath: str | None = None, title: str | None = None, n_overlays: int = 3,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, calibration: Mapping[str, Any] | None = None) -> None:
         self.dirpath = Path(dirpath) if dirpath else None
+        self.calibration = dict(calibration or {})  # thresholds of the calibration verdict (config ``calibration``)
         self.title = title
         self.n_overlays = int(n_overlays)
         self.enabled = enabled
@@ -95,8 +98,11 @@ class RunFigures(pl.Callback):
         dilution = out.get("dilution", np.full_like(target, np.nan))
         self._emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title))
         self._emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title))
-        if np.isfinite(dilution).any():
-            self._emit(trainer, "per_dilution", plots.density_per_dilution(pred, target, dilution, title))
+        if np.all(target > 0):  # the floor and relative errors need nominal densities > 0
+            from calib_seg.metrics.predictions import split_calibration
+
+            _, block = split_calibration(out, trainer.datamodule, self.calibration, "test")
+            self._emit(trainer, "calibration", plots.calibration_figure(block, title))
 
     @torch.no_grad()
     def _segmentation(self, trainer: pl.Trainer, pl_module: Any) -> None:

@@ -60,5 +60,12 @@ def _log_one(logger: TensorBoardLogger, record: dict[str, Any]) -> None:
     if record.get("reason"):
         text += f": {record['reason']}"
     logger.experiment.add_text("run/outcome", text, global_step=0)
+    calibration = record.get("calibration") or {}
+    if calibration.get("levels"):  # the second verdict, beside the status (docs/calibration.md)
+        from calib_seg.metrics.calibration import summary_head, table_text
+
+        # Markdown: paragraphs need blank lines between them
+        text = "\n\n".join([*summary_head(calibration), table_text(calibration)])
+        logger.experiment.add_text("calibration/verdict", text, global_step=0)
     logger.experiment.flush()
     logger.experiment.close()  # Lightning already finalized it; close the writer this call reopened

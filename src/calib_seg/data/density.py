@@ -126,6 +126,8 @@ class _BeadDataset(Dataset):
             "density": torch.tensor(self.beads.density[j], dtype=torch.float32),
             "dilution": torch.tensor(self.beads.dilution[j], dtype=torch.float32),
             "count": torch.tensor(self.beads.count[j], dtype=torch.float32),
+            # which image this is (BeadSet.names[index]): per-image predictions on disk, DDP padding removed
+            "index": torch.tensor(j, dtype=torch.int64),
         }
 
 
@@ -238,7 +240,9 @@ class DensityDataModule(pl.LightningDataModule):
             return {}
         target, _ = self.split_targets(which)
         o, t = torch.as_tensor(oracle), torch.as_tensor(target)
-        return {f"{which}/r2_oracle": float(r2_score(o, t)), f"{which}/mae_oracle": float((o - t).abs().mean())}
+        # R² is undefined when the split holds one density level (SS_tot = 0): NaN, recorded as null
+        r2 = float(r2_score(o, t)) if len(np.unique(target)) > 1 else float("nan")
+        return {f"{which}/r2_oracle": r2, f"{which}/mae_oracle": float((o - t).abs().mean())}
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data of this run: source parameters or file-manifest hash, and split sizes."""

@@ -23,6 +23,8 @@ from torchmetrics.aggregation import CatMetric
 from calib_seg.tasks.transforms import TargetTransform
 
 LOSSES = ("mse", "huber")
+#: what the task keeps per evaluated image: prediction, nominal density, dilution, realised count, image index
+_STORED = ("pred", "target", "dilution", "count", "index")
 
 
 class MaxAbsoluteError(Metric):
@@ -95,11 +97,14 @@ class DensityRegressionTask(pl.LightningModule):
         self.register_buffer("data_fitted", torch.tensor(False))
         self.val_metrics = regression_metrics("val/")
         self.test_metrics = regression_metrics("test/")
-        # predictions kept per epoch for the guard (collapse rule), figures and per-dilution errors
-        self.val_store = nn.ModuleDict({k: CatMetric() for k in ("pred", "target")})
-        self.test_store = nn.ModuleDict({k: CatMetric() for k in ("pred", "target", "dilution")})
+        # per-image predictions of each split (gathered over DDP ranks) for the guard (collapse rule), figures and
+        # the calibration table; "disable": NaN dilutions/counts of real data must stay aligned, not be dropped
+        self.val_store = nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in _STORED})
+        self.test_store = nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in _STORED})
         self.last_val: dict[str, np.ndarray] = {}
         self.last_test: dict[str, np.ndarray] = {}
+        #: validation outputs per 0-based epoch, so the calibration of the best checkpoint's epoch can be recorded
+        self.val_by_epoch: dict[int, dict[str, np.ndarray]] = {}
 
     # --- data-dependent state -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -146,8 +151,11 @@ class DensityRegressionTask(pl.LightningModule):
         store = self.val_store if stage == "val" else self.test_store
         store["pred"].update(pred)
         store["target"].update(target)
-        if stage == "test":
-            store["dilution"].update(batch["dilution"])
+        nan = torch.full_like(target, float("nan"))
+        store["dilution"].update(batch.get("dilution", nan))
+        store["count"].update(batch.get("count", nan))
+        # stored as float32 (exact below 2**24 images); -1 when the loader gives no index
+        store["index"].update(batch["index"].float() if "index" in batch else torch.full_like(target, -1.0))
         return pred
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -161,20 +169,26 @@ class DensityRegressionTask(pl.LightningModule):
         return self(image)
 
     def _finish(self, stage: str) -> dict[str, np.ndarray]:
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        values = metrics.compute()
-        values[f"{stage}/mape"] = values[f"{stage}/mape"] * 100.0  # percent, as in the seed report
-        for k, v in values.items():
-            self.log(k, v.float(), prog_bar=k == "val/r2")
-        metrics.reset()
         store = self.val_store if stage == "val" else self.test_store
         out = {k: m.compute().detach().cpu().double().numpy().reshape(-1) for k, m in store.items()}
         for m in store.values():
             m.reset()
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = metrics.compute()
+        values[f"{stage}/mape"] = values[f"{stage}/mape"] * 100.0  # percent, as in the seed report
+        if len(np.unique(out["target"])) < 2:
+            # one density level (e.g. data.holdout_dilutions=[50]): SS_tot = 0, R² is undefined, not a number to
+            # print; the calibration table answers the extrapolation question at that level
+            values[f"{stage}/r2"] = torch.tensor(float("nan"))
+        for k, v in values.items():
+            self.log(k, v.float(), prog_bar=k == "val/r2")
+        metrics.reset()
         return out
 
     def on_validation_epoch_end(self) -> None:
         self.last_val = self._finish("val")
+        if self._trainer is not None and not self.trainer.sanity_checking:
+            self.val_by_epoch[self.current_epoch] = self.last_val
 
     def on_test_epoch_end(self) -> None:
         self.last_test = out = self._finish("test")
