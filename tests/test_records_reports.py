@@ -87,7 +87,7 @@ def test_completed_run_record_has_every_field_history_and_figures(trained):
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2] and all(r["time_s"] > 0 for r in history)
     assert saved["time_per_epoch_s"] == pytest.approx(np.mean([r["time_s"] for r in history]))
-    for name in ("training_curves", "pred_vs_actual", "residuals", "per_dilution"):
+    for name in ("training_curves", "pred_vs_actual", "residuals", "calibration"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
 
 

@@ -95,7 +95,8 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
         if cfg.get("split", "test") == "all":
             _test_on_everything(datamodule)
         loggers = [lg for lg in (instantiate(n) for n in (cfg.get("logger") or {}).values() if n) if lg]
-        figures = RunFigures(dirpath=str(out_dir / "figures"), title=f"evaluate {run_cfg.get('run_name', '')}")
+        figures = RunFigures(dirpath=str(out_dir / "figures"), title=f"evaluate {run_cfg.get('run_name', '')}",
+                             calibration=cfg.get("calibration"))
         trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=loggers or False,
                              callbacks=[figures], default_root_dir=str(out_dir), enable_checkpointing=False,
                              enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", False)),
@@ -106,8 +107,10 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
             metrics.update(datamodule.reference_metrics("test"))
         record.update({"status": "evaluated", "metrics": metrics, "test_metrics": metrics,
                        "wall_time_s": time.perf_counter() - t0})
-        if getattr(task, "last_test", None):
-            _write_predictions(out_dir, task.last_test)
+        if getattr(task, "last_test", None):  # density: test_predictions.csv + the calibration verdict
+            from calib_seg.metrics.predictions import run_calibration
+
+            record["calibration"] = run_calibration(task, datamodule, cfg.get("calibration"), out_dir)
     except Exception as exc:
         import traceback
 
@@ -134,16 +137,6 @@ def _test_on_everything(datamodule: Any) -> None:
     datamodule.split = dataclasses.replace(datamodule.split, test=np.arange(len(beads)))
 
 
-def _write_predictions(out_dir: Path, last_test: dict[str, np.ndarray]) -> None:
-    """Per-image test predictions (loader order) as CSV, for plots and audits outside Python."""
-    from calib_seg.records import atomic_write_text
-
-    lines = ["target_beads_per_mm2,predicted_beads_per_mm2,dilution"]
-    for t, p, d in zip(last_test["target"], last_test["pred"], last_test.get("dilution", [])):
-        lines.append(f"{t:.6g},{p:.6g},{d:g}")
-    atomic_write_text(out_dir / "test_predictions.csv", "\n".join(lines) + "\n")
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
@@ -152,6 +145,10 @@ def main(cfg: DictConfig) -> None:
     shown = {k: round(v, 4) for k, v in m.items() if k in ("test/r2", "test/mae", "test/rmse", "test/jaccard",
                                                            "test/dice", "test/r2_oracle")}
     print(f"evaluated {cfg.ckpt_path}: {shown}\nrecord: {Path(cfg.paths.output_dir) / 'run.json'}")
+    if record.get("calibration"):
+        from calib_seg.metrics.calibration import summary_text
+
+        print(summary_text(record["calibration"]))
 
 
 if __name__ == "__main__":

@@ -121,13 +121,53 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
     return rows
 
 
+def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
+    """Add ``dilution``, ``nominal``, ``predicted``, ``count`` to ``rows`` when ``inp`` is a labelled bead folder
+    (``manifest.csv`` or names like ``50x_001.tif``, see :class:`~calib_seg.data.bead_folder.BeadFolder`).
+
+    Returns whether every row got a label (single-frame images only: a stack has no per-frame label).
+    """
+    from calib_seg.data.bead_folder import BeadFolder
+
+    if not inp.is_dir():
+        return False
+    try:
+        labels = {Path(r["path"]).resolve(): r for r in BeadFolder(inp).labels()}
+    except (ValueError, FileNotFoundError) as exc:  # unlabelled images: nothing to compare with
+        log.info("no labels for %s (%s): predictions only", inp, exc)
+        return False
+    frames_per_file: dict[str, int] = {}
+    for r in rows:
+        frames_per_file[r["file"]] = frames_per_file.get(r["file"], 0) + 1
+    if any(Path(r["file"]).resolve() not in labels or frames_per_file[r["file"]] > 1 for r in rows):
+        return False
+    for r in rows:
+        lab = labels[Path(r["file"]).resolve()]
+        r.update({"dilution": lab["dilution"], "nominal": lab["density"], "predicted": r["predicted_beads_per_mm2"],
+                  "count": lab["count"]})
+    return True
+
+
+def calibrate_rows(rows: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
+    """The calibration block of labelled prediction rows (the same table as a training run's test set)."""
+    from calib_seg.metrics.predictions import calibration_of
+
+    cols = {k: np.array([np.nan if r[k] is None else r[k] for r in rows], float)
+            for k in ("dilution", "nominal", "predicted", "count")}
+    areas = [r["fov_area_mm2"] for r in rows]
+    area = None if any(a is None for a in areas) else np.array(areas, float)
+    return calibration_of(cols, area, settings, split="predict")
+
+
 def write_density_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write the density rows (empty cells for unknown values) atomically."""
+    """Write the density rows (empty cells for unknown values) atomically; labelled rows get the label columns."""
     cols = ["file", "frame", "height", "width", "predicted_beads_per_mm2", "fov_area_mm2", "implied_count_in_fov"]
+    if rows and all("nominal" in r for r in rows):  # the columns of test_predictions.csv
+        cols += ["dilution", "nominal", "predicted", "count"]
     lines = [",".join(cols)]
     for r in rows:
-        lines.append(",".join("" if r[c] is None else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c]))
-                              for c in cols))
+        lines.append(",".join("" if r[c] is None or (isinstance(r[c], float) and not np.isfinite(r[c]))
+                              else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c])) for c in cols))
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
@@ -193,6 +233,13 @@ def predict(cfg: DictConfig) -> Path:
         return out
     csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
     rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)))
+    if known_labels(Path(cfg.input), rows):  # labels known: the calibration verdict, as for a test set
+        from calib_seg.metrics.calibration import summary_text
+
+        block = calibrate_rows(rows, cfg.get("calibration"))
+        atomic_write_text(csv_path.with_name(f"{csv_path.stem}_calibration.json"),
+                          json.dumps(block, indent=2) + "\n")
+        print(summary_text(block), flush=True)
     return write_density_csv(rows, csv_path)
 
 

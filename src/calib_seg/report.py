@@ -108,9 +108,23 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
             "diff_hash": _diff_hash(job, prov), "calib_seg_version": versions.get("calib_seg"),
             "per_dilution_mae": {float(mm.group(1)): float(v) for k, v in m.items()
                                  if (mm := _DIL.match(k)) and _num(v) is not None},
+            **calibration_fields(rec.get("calibration")),
         }
         rows.append(row)
     return _short_job_names(rows)
+
+
+def calibration_fields(block: dict[str, Any] | None) -> dict[str, Any]:
+    """The sweep table's view of a run's calibration verdict (docs/calibration.md); None when not recorded."""
+    block = block or {}
+    qr = block.get("quantification_range") or {}
+    if qr.get("n_levels"):
+        span = qr["low_level"] if qr["n_levels"] == 1 else f"{qr['low_level']}..{qr['high_level']}"
+    else:
+        span = "none" if qr else None
+    return {"calibration": block.get("verdict"), "failing_levels": ",".join(block.get("failing_levels") or []) or None,
+            "worst_level": block.get("worst_level"), "worst_excess": _num(block.get("worst_excess")),
+            "quantification_range": span}
 
 
 _OVERRIDE_SEP = re.compile(r",(?![^\[]*\])")  # commas between overrides, not inside [16,32,64]
@@ -181,6 +195,8 @@ def md_table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]) ->
 DENSITY_COLS = [("job", "job"), ("experiment", "experiment"), ("batch", "batch"), ("filters", "filters"),
                 ("params", "params"), ("r2", "R²"), ("mse", "MSE"), ("mae", "MAE"), ("rmse", "RMSE"),
                 ("mape", "MAPE [%]"), ("max_error", "max error"), ("r2_oracle", "oracle R²"),
+                ("calibration", "calibration"), ("worst_level", "worst level"), ("worst_excess", "worst excess"),
+                ("quantification_range", "quantification range"),
                 ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"),
                 ("peak_cuda_mb", "peak CUDA [MiB]"), ("status", "status")]
 SEG_COLS = [("job", "job"), ("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
@@ -201,10 +217,33 @@ def best_per_arch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [best[a] for a in sorted(best)]
 
 
-def best_job(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed job with the highest best validation score (the sweeper's optimised metric)."""
-    done = [r for r in rows if r["status"] == "completed" and r.get("best_val") is not None]
+def best_job(rows: Sequence[dict[str, Any]], calibrated: bool = False) -> dict[str, Any] | None:
+    """The completed job with the highest best validation score (the sweeper's optimised metric); with
+    ``calibrated`` only among jobs whose calibration verdict is ``pass``."""
+    done = [r for r in rows if r["status"] == "completed" and r.get("best_val") is not None
+            and (not calibrated or r.get("calibration") == "pass")]
     return max(done, key=lambda r: r["best_val"]) if done else None
+
+
+def _best_density_job(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Best job" section: best optimised metric among jobs passing the calibration verdict, flagged if none."""
+    best = best_job(rows, calibrated=True)
+    judged = any(r.get("calibration") for r in rows)
+    flag = None
+    if best is None:
+        best = best_job(rows)
+        if best is None:
+            return []
+        if judged:
+            flag = (f"> **No job passes the calibration verdict.** `{best['job']}` is only the best by "
+                    f"{best.get('optimized_metric')}; it fails at {best.get('failing_levels') or '?'} (worst excess "
+                    f"{_fmt(best.get('worst_excess'))} at {best.get('worst_level')}). Do not use it for calibration.")
+    text = (f"`{best['job']}` (experiment {best.get('experiment')}, filters {best.get('filters')}, batch "
+            f"{best.get('batch')}, lr {_fmt(best.get('lr'))}): best {best.get('optimized_metric')} = "
+            f"{_fmt(best['best_val'])} at epoch {best.get('best_epoch')}, test R² {_fmt(best.get('r2'))}, "
+            f"test MAE {_fmt(best.get('mae'))} beads/mm²; calibration {best.get('calibration') or 'not recorded'}, "
+            f"quantification range {best.get('quantification_range') or '-'}.")
+    return ["## Best job", "", text, ""] + ([flag, ""] if flag else [])
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -294,16 +333,12 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
                                               ("job", "job")]), "",
                f"## All jobs ({len(rows)})", "", md_table(rows, SEG_COLS), ""]
     else:
-        best = best_job(rows)
-        if best is not None:
-            md += ["## Best job", "",
-                   f"`{best['job']}` (experiment {best.get('experiment')}, filters {best.get('filters')}, batch "
-                   f"{best.get('batch')}, lr {_fmt(best.get('lr'))}): best {best.get('optimized_metric')} = "
-                   f"{_fmt(best['best_val'])} at epoch {best.get('best_epoch')}, test R² {_fmt(best.get('r2'))}, "
-                   f"test MAE {_fmt(best.get('mae'))} beads/mm².", ""]
+        md += _best_density_job(rows)
         md += [f"## All jobs ({len(rows)})", "",
                "Test-set metrics in beads/mm² (MAPE in %), on the best checkpoint; oracle R² is a perfect counter "
-               "on the same test images (the Poisson floor).", "", md_table(rows, DENSITY_COLS), ""]
+               "on the same test images (the Poisson floor). Calibration: the per-level verdict against the "
+               "counting-statistics floor (docs/calibration.md); worst excess = the worst level's MAE / floor.", "",
+               md_table(rows, DENSITY_COLS), ""]
 
     bad = [r for r in rows if r["status"] in ("aborted", "failed")]
     md += ["## Aborted and failed jobs", ""]

@@ -69,6 +69,10 @@ class BeadFolder:
         self.skip_bad_files = skip_bad_files
 
     # --- manifest -------------------------------------------------------------------------------------------
+    def labels(self) -> list[dict[str, Any]]:
+        """Validated labels without reading any image: ``{file, path, density, dilution, count, line}`` per row."""
+        return self._rows()
+
     def _rows(self) -> list[dict[str, Any]]:
         """Validated rows ``{file, path, density, dilution, count, line}`` from the manifest or file names."""
         if not self.root.is_dir():

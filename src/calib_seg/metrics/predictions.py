@@ -53,7 +53,8 @@ def _cell(v: Any) -> str:
     v = float(v)
     if not math.isfinite(v):
         return ""
-    return f"{v:.0f}" if v.is_integer() and abs(v) < 1e15 else f"{v:.8g}"
+    # shortest text that reads back to the same float: the table recomputed from the file is the recorded one
+    return f"{v:.0f}" if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
 def write_predictions_csv(path: str | Path, cols: Mapping[str, np.ndarray]) -> Path:
