@@ -23,7 +23,8 @@ from calib_seg.metrics.calibration import (
 )
 from calib_seg.metrics.predictions import calibration_of, prediction_columns, read_predictions_csv
 from calib_seg.train import print_summary, run
-from conftest import TINY_BEADS, compose_run_cfg
+from conftest import TINY_BEADS
+from test_records_reports import _compose, trained  # noqa: F401  (the tiny trained density run, with TensorBoard)
 
 AREA = 0.512**2  # the seed's field of view, mm²
 SERIES = dilution_series()  # 50x..51200x -> 7964..15 beads/mm²
@@ -231,33 +232,8 @@ def _assert_close(got, want, where="block"):
         assert got == want, where
 
 
-def _compose_evaluate(overrides, out: Path):
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from calib_seg.config import CONF_DIR, compose
-
-    GlobalHydra.instance().clear()
-    cfg = compose(overrides, config_name="evaluate", return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out)
-        cfg.paths.root_dir = cfg.hydra.runtime.cwd = str(CONF_DIR.parent)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A 1-epoch tiny density run: (config, record); the model is poor, so the verdict fails somewhere."""
-    out = tmp_path_factory.mktemp("calib") / "run"
-    cfg = compose_run_cfg(TINY_BEADS, out)
-    record = run(cfg)
-    yield cfg, record
-    GlobalHydra.instance().clear()
-
-
-def test_run_verdict_and_table_are_consistent_with_test_predictions_csv(tiny_run, capsys):
-    cfg, record = tiny_run
+def test_run_verdict_and_table_are_consistent_with_test_predictions_csv(trained, capsys):  # noqa: F811
+    cfg, record = trained
     out = Path(cfg.paths.output_dir)
     saved = json.loads((out / "run.json").read_text())
     cal = saved["calibration"]
@@ -292,28 +268,26 @@ def test_one_level_test_set_records_r2_as_null_and_answers_with_the_calibration_
     assert "n/a" in text and "6222798" not in text and "50x" in text
 
 
-def test_tensorboard_gets_the_calibration_text(tiny_run, tmp_path):
-    from pytorch_lightning.loggers import TensorBoardLogger
+def test_tensorboard_gets_the_calibration_text_and_figure(trained):  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from calib_seg.callbacks.tensorboard import log_outcome
-
-    _, record = tiny_run
-    log_outcome([TensorBoardLogger(str(tmp_path), name="tb", version=0)], record)
-    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0})
+    cfg, record = trained
+    acc = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"),
+                           size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
     assert "calibration/verdict/text_summary" in acc.Tags()["tensors"]
+    assert "figures/calibration" in acc.Tags()["images"]
     text = acc.Tensors("calibration/verdict/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert record["calibration"]["line"] in text
+    assert record["calibration"]["line"] in text and "| level |" in text.replace("  ", " ")
 
 
-def test_evaluate_writes_the_same_columns_and_table_as_the_run(tiny_run, tmp_path):
+def test_evaluate_writes_the_same_columns_and_table_as_the_run(trained, tmp_path):  # noqa: F811
     from calib_seg.evaluate import evaluate
 
-    cfg, record = tiny_run
+    cfg, record = trained
     ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
-    ecfg = _compose_evaluate([f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false"],
-                             tmp_path / "eval")
+    ecfg = _compose("evaluate", [f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false"],
+                    tmp_path / "eval")
     rec = evaluate(ecfg, use_run_data=True)
     _assert_close(json.loads(json.dumps(rec["calibration"]["levels"])), record["calibration"]["levels"])
     ran = read_predictions_csv(Path(cfg.paths.output_dir) / "test_predictions.csv")
@@ -324,14 +298,14 @@ def test_evaluate_writes_the_same_columns_and_table_as_the_run(tiny_run, tmp_pat
     assert saved["calibration"]["line"] == record["calibration"]["line"]
 
 
-def test_predict_on_a_labelled_bead_folder_writes_the_label_columns_and_the_table(tiny_run, tmp_path, capsys):
+def test_predict_on_a_labelled_bead_folder_writes_the_label_columns_and_the_table(trained, tmp_path, capsys):  # noqa: F811
     from omegaconf import OmegaConf
 
     from calib_seg.data.bead_folder import write_bead_folder
     from calib_seg.data.density import SyntheticBeads
     from calib_seg.predict import predict
 
-    cfg, _ = tiny_run
+    cfg, _ = trained
     ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
     src = SyntheticBeads(n_per_level=2, seed=5, dilutions=[50, 800, 51200], density_range=[7964, 15],
                          physics={"image_size": 64, "pixel_size_um": 8.0, "psf_sigma_um": 4.0})
@@ -385,3 +359,16 @@ def test_report_flags_when_no_job_passes_the_calibration_verdict(tmp_path):
     assert "## Best job\n\n`0_a`" in text
     assert "**No job passes the calibration verdict.** `0_a` is only the best by val/r2" in text
     assert "6400x,12800x,25600x,51200x" in text
+
+
+def test_calibration_settings_are_checked_at_start_with_the_other_config_rules():
+    from calib_seg.config import compose
+    from calib_seg.validation import problems_in
+
+    GlobalHydra.instance().clear()
+    bad = compose(["calibration.max_excess=0", "calibration.bias_z=-1"])
+    problems = problems_in(bad)
+    assert any(p.startswith("calibration.max_excess: expected a number > 0") for p in problems), problems
+    assert any(p.startswith("calibration.bias_z:") for p in problems), problems
+    GlobalHydra.instance().clear()
+    assert not [p for p in problems_in(compose([])) if p.startswith("calibration")]
