@@ -221,6 +221,13 @@ def test_ddp_on_two_cpu_processes_gives_the_single_process_epoch_metrics(tmp_pat
     assert ddp["data_fingerprint"]["split_sizes"]["test"] % 2 == 0
     for key in ("test/r2", "test/mae", "test/rmse", "test/mape", "test/max_error", "test/loss"):
         assert ddp["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-5, abs=1e-6), key
+    # per-image predictions are gathered over ranks: every test image once, the numbers of one process
+    from calib_seg.metrics.predictions import read_predictions_csv
+
+    per_image = {n: read_predictions_csv(tmp_path / n / "test_predictions.csv") for n in runs}
+    assert per_image["ddp"]["file"].tolist() == per_image["single"]["file"].tolist()
+    assert per_image["ddp"]["predicted"] == pytest.approx(per_image["single"]["predicted"], rel=1e-5)
+    assert ddp["calibration"]["failing_levels"] == single["calibration"]["failing_levels"]
     # only rank 0 writes the record; the worker ran in the same folder (its log is there)
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").exists()
 

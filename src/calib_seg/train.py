@@ -280,16 +280,16 @@ def print_summary(record: dict[str, Any]) -> None:
             ("test/rmse", "test RMSE [beads/mm²]"), ("test/mape", "test MAPE [%]"),
             ("test/max_error", "test max error [beads/mm²]"), ("test/jaccard", "test Jaccard (foreground)"),
             ("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"), ("test/dice", "test Dice")]
+    one_level = len((record.get("calibration") or {}).get("levels") or []) == 1
     for key, label in rows:
-        value = m.get(key, "absent")
+        value = m.get(key)
         if key in ("test/r2", "test/r2_oracle") and key in m and (value is None or not math.isfinite(value)):
-            table.add_row(label, "n/a (one density level)")  # R² is undefined on a single level
+            table.add_row(label, "n/a (one density level)" if one_level else "n/a")  # R² undefined on one level
         elif key in m and value is not None:
             table.add_row(label, f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}")
     table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
     table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
-    console = Console()
-    console.print(table)
+    Console().print(table)
     calibration = record.get("calibration")
     if calibration:
         from calib_seg.metrics.calibration import summary_text
