@@ -213,6 +213,8 @@ def test_prediction_columns_drop_ddp_padding_and_name_images():
     cols = prediction_columns(out, names=["a.tif", "b.tif", "c.tif"])
     assert cols["file"].tolist() == ["a.tif", "b.tif", "c.tif"] and cols["predicted"].tolist() == [2, 3, 1]
     assert cols["nominal"].tolist() == [6, 7, 5] and np.isnan(cols["count"]).all()
+    unindexed = prediction_columns({**out, "index": np.full(4, -1.0)}, names=["a.tif", "b.tif", "c.tif"])
+    assert unindexed["file"].tolist() == [f"sample_{k:05d}" for k in range(4)]  # kept, never misnamed
 
 
 # ------------------------------------------------------------------------------------------------ in a run

@@ -33,16 +33,14 @@ def prediction_columns(out: Mapping[str, np.ndarray], names: list[str] | None = 
         return np.full(n, np.nan) if v is None or len(v) != n else np.asarray(v, float).reshape(-1)
 
     index = col("index")
-    if np.all(np.isfinite(index)) and np.all(index >= 0):
-        _, first = np.unique(index, return_index=True)  # sorted by index, duplicates dropped
-        keep = first
+    indexed = bool(np.all(np.isfinite(index)) and np.all(index >= 0))
+    # sorted by index, duplicates dropped; without indices every row is kept in loader order
+    keep = np.unique(index, return_index=True)[1] if indexed else np.arange(n)
+    if indexed and names is not None:
+        files = np.array([names[int(i)] for i in index[keep]], dtype=object)
     else:
-        keep = np.arange(n)
-    idx = index[keep]
-    if names is not None and np.all(np.isfinite(idx)):
-        files = np.array([names[int(i)] for i in idx], dtype=object)
-    else:
-        files = np.array([f"sample_{int(i) if np.isfinite(i) else k:05d}" for k, i in enumerate(idx)], dtype=object)
+        ids = index[keep].astype(int) if indexed else keep
+        files = np.array([f"sample_{int(i):05d}" for i in ids], dtype=object)
     return {"file": files, "dilution": col("dilution")[keep], "nominal": col("target")[keep],
             "predicted": pred[keep], "count": col("count")[keep]}
 
