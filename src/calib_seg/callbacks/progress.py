@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
 from calib_seg.cli import to_log
 
@@ -57,7 +58,11 @@ class EpochProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar with the epoch shown as ``Epoch 3/30`` (1-based, with the total)."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        # Lightning's method with our title; calling it first would draw one "Epoch 0" line before ours
+        if getattr(self, "_leave", False):
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(convert_inf(self.total_train_batches))
+        self.train_progress_bar.initial = 0
         self.train_progress_bar.set_description(f"Epoch {epoch_label(trainer)}")
 
 
