@@ -99,8 +99,8 @@ class _Tee(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def tee_to_log() -> Iterator[None]:
-    """Everything printed to stdout inside the block also goes, as plain text, to the run's log file."""
+def tee_to_log(title: str = "end of run:") -> Iterator[None]:
+    """Everything printed to stdout inside the block also goes, as plain text under ``title``, to the log file."""
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     try:
@@ -108,7 +108,7 @@ def tee_to_log() -> Iterator[None]:
     finally:
         sys.stdout = tee.target
         if tee.copy.getvalue().strip():
-            to_log(tee.copy.getvalue())
+            to_log(f"{title}\n{tee.copy.getvalue()}")
 
 
 # ------------------------------------------------------------------------------------------------- overrides
