@@ -17,11 +17,29 @@ INPUT_ERROR_TYPES = (ValueError, OSError)
 
 
 class InputError(Exception):
-    """A bad input named by the user (data, checkpoint, output path); ``kind`` is the original error's type."""
+    """Marks a bad input named by the user (data, checkpoint, output path); ``kind`` is the original type's name.
 
-    def __init__(self, message: str, kind: str = "ValueError"):
-        super().__init__(message)
-        self.kind = kind
+    :func:`input_errors` raises it mixed into the original type (an ``InputError`` that is also the reader's
+    ``FileExistsError``, ``ValueError``, ...), so callers that catch the original type still do.
+    """
+
+    kind = "ValueError"
+
+
+_MARKED: dict[type, type] = {}
+
+
+def mark_input_error(exc: BaseException) -> InputError:
+    """``exc`` as an :class:`InputError` of its own type (same message, ``kind`` = its type's name)."""
+    base = type(exc)
+    if base not in _MARKED:
+        try:
+            _MARKED[base] = type(f"Input{base.__name__}", (InputError, base), {"kind": base.__name__})
+            _MARKED[base](str(exc))
+        except TypeError:  # a layout or constructor the mix-in cannot take: fall back to the builtin type
+            plain = next(t for t in base.__mro__ if t in INPUT_ERROR_TYPES)
+            _MARKED[base] = type(f"Input{plain.__name__}", (InputError, plain), {"kind": base.__name__})
+    return _MARKED[base](str(exc))
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -44,4 +62,4 @@ def input_errors() -> Iterator[None]:
         inner = _innermost(exc)
         if not isinstance(inner, INPUT_ERROR_TYPES):
             raise
-        raise InputError(str(inner), kind=type(inner).__name__) from inner
+        raise mark_input_error(inner) from inner
