@@ -235,7 +235,7 @@ def launch(app: Callable[[], Any], config_name: str, argv: Sequence[str] | None 
     quiet_known_noise()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _hydra_args(argv)
-    skip = (args is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or args.help or args.hydra_help
+    skip = (args is None or not args.overrides or os.environ.get("HYDRA_FULL_ERROR") == "1" or args.help or args.hydra_help
             or args.shell_completion or args.info or args.config_path or args.config_dir or args.config_name
             or args.experimental_rerun)
     if not skip:
