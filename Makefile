@@ -6,8 +6,10 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
+# colour only on a terminal: piped or redirected output (`make help | less`, CI logs) stays plain text
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}'
 
 $(VENV_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv .venv
@@ -29,8 +31,12 @@ test-full: $(VENV_STAMP) ## every test, including the slow ones
 lint: $(VENV_STAMP) ## ruff
 	.venv/bin/ruff check .
 
-tensorboard: $(VENV_STAMP) ## serve TensorBoard over outputs/ and multirun/ (port 6006)
-	.venv/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --port 6006 --bind_all
+# 127.0.0.1 by default: the logs show training data and paths, not for everyone on a shared node.
+# HOST=0.0.0.0 serves on every interface (remote use, on a network you trust); an ssh tunnel is the safer way.
+HOST ?= 127.0.0.1
+PORT ?= 6006
+tensorboard: $(VENV_STAMP) ## serve TensorBoard over outputs/ and multirun/ on http://127.0.0.1:6006 (HOST=0.0.0.0 for remote, PORT=...)
+	.venv/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host $(HOST) --port $(PORT)
 
 # --- sweeps -------------------------------------------------------------------------------------------------
 # Each grid is a file in conf/hparams_search/ (hydra.sweeper.params). The sweep folder is chosen here, not by

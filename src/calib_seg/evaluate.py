@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
 from calib_seg.callbacks.figures import RunFigures
+from calib_seg.cli import launch, quiet_known_noise
+from calib_seg.errors import input_errors
 from calib_seg.records import describe_run, new_record, provenance, read_record, resolved_config, write_record
 
 log = logging.getLogger("calib_seg.evaluate")
@@ -77,7 +79,8 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Path(cfg.ckpt_path)
-    run_cfg = load_run_config(ckpt)
+    with input_errors():  # a missing checkpoint or run folder is one message + exit 2 (main's clean_exit)
+        run_cfg = load_run_config(ckpt)
     if use_run_data is None:
         use_run_data = not _data_overridden()
     data_cfg = run_cfg.data if use_run_data else cfg.data
@@ -90,8 +93,10 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
     task = datamodule = trainer = None
     try:
         pl.seed_everything(cfg.seed, workers=True)
-        task = load_task(ckpt, run_cfg)
-        datamodule = instantiate(data_cfg)
+        with input_errors():
+            task = load_task(ckpt, run_cfg)
+            datamodule = instantiate(data_cfg)
+            datamodule.setup(None)
         if cfg.get("split", "test") == "all":
             _test_on_everything(datamodule)
         loggers = [lg for lg in (instantiate(n) for n in (cfg.get("logger") or {}).values() if n) if lg]
@@ -114,7 +119,9 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
     except Exception as exc:
         import traceback
 
-        record.update({"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+        from calib_seg.resume import failure_reason
+
+        record.update({"status": "failed", "reason": failure_reason(exc),
                        "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
         raise
     finally:
@@ -140,7 +147,14 @@ def _test_on_everything(datamodule: Any) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    record = evaluate(cfg)
+    from calib_seg.resume import clean_exit
+    from calib_seg.validation import require
+
+    quiet_known_noise()
+    with clean_exit():  # bad config or input: one message + exit 2
+        require(cfg, {"ckpt_path": "a checkpoint written by calib_seg.train, e.g. "
+                                   "ckpt_path=outputs/density/<run>/checkpoints/best-epoch012.ckpt"})
+        record = evaluate(cfg)
     m = record["metrics"] or {}
     shown = {k: round(v, 4) for k, v in m.items() if k in ("test/r2", "test/mae", "test/rmse", "test/jaccard",
                                                            "test/dice", "test/r2_oracle")}
@@ -152,4 +166,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "evaluate")

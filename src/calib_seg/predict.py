@@ -24,7 +24,9 @@ import torch
 from omegaconf import DictConfig
 
 from calib_seg import resolvers  # noqa: F401
+from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.data.images import IMAGE_SUFFIXES, list_images, read_raw, to_unit_float
+from calib_seg.errors import input_errors
 from calib_seg.evaluate import load_run_config, load_task
 from calib_seg.records import atomic_write_text, refuse_existing_output
 
@@ -53,6 +55,12 @@ def frames(path: Path) -> list[np.ndarray]:
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         return [arr[i] for i in range(arr.shape[0])]
     return [arr]
+
+
+def unit_frames(path: Path, bit_depth: int | None) -> list[np.ndarray]:
+    """The [0, 1] float frames of one input file; an unreadable or unconvertible file is an InputError."""
+    with input_errors():
+        return [to_unit_float(raw, f"{path} frame {i}", bit_depth) for i, raw in enumerate(frames(path))]
 
 
 def camera_facts(cfg: DictConfig, run_cfg: DictConfig) -> tuple[int | None, float | None]:
@@ -112,8 +120,8 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
         pending.clear()
 
     for f in _progress(files, "predicting densities"):
-        for i, raw in enumerate(frames(f)):
-            pending.append((f, i, to_unit_float(raw, f"{f} frame {i}", bit_depth)))
+        for i, image in enumerate(unit_frames(f, bit_depth)):
+            pending.append((f, i, image))
             if len(pending) >= batch_size:
                 flush()
     if pending:
@@ -200,8 +208,7 @@ def predict_segmentation(task: Any, files: list[Path], out_dir: Path, patch: int
     threshold = float(getattr(task, "threshold", 0.5))
     written = []
     for f in _progress(files, "segmenting"):
-        probs = [predict_probabilities(task, to_unit_float(raw, f"{f} frame {i}", bit_depth), patch)
-                 for i, raw in enumerate(frames(f))]
+        probs = [predict_probabilities(task, image, patch) for image in unit_frames(f, bit_depth)]
         stack = np.stack(probs)
         masks = ((stack >= threshold) * 255).astype(np.uint8)
         if mask_format == "png" and len(masks) == 1:
@@ -218,14 +225,18 @@ def predict_segmentation(task: Any, files: list[Path], out_dir: Path, patch: int
 
 # ------------------------------------------------------------------------------------------------ entry
 def predict(cfg: DictConfig) -> Path:
-    """Run the prediction described by ``cfg``; return the CSV path (density) or the mask folder."""
-    run_cfg = load_run_config(cfg.ckpt_path)
+    """Run the prediction described by ``cfg``; return the CSV path (density) or the mask folder.
+
+    Problems with what the user named (checkpoint, input, output) raise :class:`~calib_seg.errors.InputError`.
+    """
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") else "cpu"
-    task = load_task(cfg.ckpt_path, run_cfg).to(device)
-    files = input_files(cfg.input)
-    bit, pixel = camera_facts(cfg, run_cfg)
-    out = Path(cfg.output)
-    refuse_existing_output(out, bool(cfg.get("overwrite", False)), hint="choose a new output or pass overwrite=true")
+    with input_errors():
+        run_cfg = load_run_config(cfg.ckpt_path)
+        task = load_task(cfg.ckpt_path, run_cfg).to(device)
+        files = input_files(cfg.input)
+        bit, pixel = camera_facts(cfg, run_cfg)
+        out = Path(cfg.output)
+        refuse_existing_output(out, bool(cfg.get("overwrite", False)), hint="choose a new output or pass overwrite=true")
     if hasattr(task, "predict_proba"):
         patch = (run_cfg.get("data") or {}).get("patch_size")
         predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),
@@ -246,8 +257,16 @@ def predict(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    print(f"wrote {predict(cfg)}")
+    from calib_seg.resume import clean_exit
+    from calib_seg.validation import require
+
+    quiet_known_noise()
+    with clean_exit():  # bad config or input: one message + exit 2
+        require(cfg, {"ckpt_path": "a checkpoint written by calib_seg.train (<run>/checkpoints/best-epochNNN.ckpt)",
+                      "input": "an image, a folder of images or a TIFF stack",
+                      "output": "a .csv file or a folder (density), a folder for the masks (segmentation)"})
+        print(f"wrote {predict(cfg)}")
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "predict")

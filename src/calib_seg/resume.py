@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from calib_seg.errors import InputError
 from calib_seg.records import new_record, provenance, read_record, write_record
 from calib_seg.validation import ConfigError, validate
 
@@ -97,37 +100,86 @@ def _is_sigterm(exc: BaseException) -> bool:
     return type(exc).__name__ == "SIGTERMException"  # pytorch_lightning.utilities.exceptions
 
 
+def _is_ctrl_c(exc: BaseException) -> bool:
+    """Ctrl-C, raw or as Lightning reports it (``sys.exit(1)`` while handling the KeyboardInterrupt)."""
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1
+                                                  and isinstance(exc.__context__, KeyboardInterrupt))
+
+
 def failure_reason(exc: BaseException, out_dir: Path | str | None = None) -> str:
     """The ``reason`` of a failed run; interruptions say how to resume."""
     how = f" -- resume with ckpt_path=last hydra.run.dir={out_dir}" if out_dir is not None else ""
     if _is_sigterm(exc):
         return f"interrupted: SIGTERM received, stopped at the next batch boundary{how}"
-    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1
-                                              and isinstance(exc.__context__, KeyboardInterrupt)):
+    if _is_ctrl_c(exc):
         return f"interrupted: Ctrl-C (KeyboardInterrupt){how}"
+    if isinstance(exc, InputError):
+        return f"{exc.kind}: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
-@contextlib.contextmanager
-def clean_exit() -> Iterator[None]:
-    """Turn a bad config into one short message + exit 2, and an interruption into a non-zero exit.
+def resume_command(cfg: DictConfig | None) -> str | None:
+    """The exact command that continues this run (or, in a sweep, the sweep) where it stopped.
 
-    (Lightning's SIGTERMException is a SystemExit without a code, i.e. exit status 0; a scheduler must not
-    read a killed job as a success.)
+    A single run: its own overrides + ``ckpt_path=last hydra.run.dir=<its folder>``. A sweep job: the sweep's
+    command line + ``hydra.sweep.dir=<sweep folder> +resume=true`` (completed jobs are skipped).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg is None or not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        keep = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "+resume=", "resume="))]
+        tail = [f"hydra.sweep.dir={Path(hc.sweep.dir).resolve()}", "+resume=true"]
+    else:
+        keep = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "ckpt_path=", "hydra.mode="))]
+        tail = ["ckpt_path=last", f"hydra.run.dir={Path(cfg.paths.output_dir).resolve()}"]
+    return " ".join(["python -m calib_seg.train", *map(shlex.quote, [*keep, *tail])])
+
+
+def _say_interrupted(what: str, cfg: DictConfig | None) -> None:
+    command = resume_command(cfg)
+    hint = f"; continue with:\n  {command}" if command else " (resume with ckpt_path=last)"
+    _say(f"run interrupted by {what}; its run.json says failed{hint}")
+
+
+def _say(text: str) -> None:
+    """On the console (stderr) and in the run's log file."""
+    from calib_seg.cli import to_log
+
+    to_log(text)
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def clean_exit(cfg: DictConfig | None = None) -> Iterator[None]:
+    """Turn a bad config or input into one short message + exit 2, and an interruption into exit 143 / 130.
+
+    An interruption prints the command that resumes ``cfg``'s run. (Lightning's SIGTERMException is a
+    SystemExit without a code, i.e. exit status 0, and Ctrl-C inside fit becomes ``sys.exit(1)``; a scheduler
+    must not read a killed job as a success, and docs/reliability.md promises 130 for Ctrl-C.)
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback of a bad input.
     """
     try:
         yield
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        _say(f"config error: {exc}")
         raise SystemExit(EXIT_CONFIG) from None
-    except RunFolderTaken as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except (RunFolderTaken, InputError) as exc:
+        if isinstance(exc, InputError) and os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _say(f"error: {exc}")
         raise SystemExit(EXIT_CONFIG) from None
     except SystemExit as exc:
         if _is_sigterm(exc):
-            print("run interrupted by SIGTERM; its run.json says failed (resume with ckpt_path=last)",
-                  file=sys.stderr, flush=True)
+            _say_interrupted("SIGTERM", cfg)
             raise SystemExit(EXIT_SIGTERM) from None
+        if _is_ctrl_c(exc):
+            _say_interrupted("Ctrl-C", cfg)
+            raise SystemExit(EXIT_SIGINT) from None
         raise
     except KeyboardInterrupt:
+        _say_interrupted("Ctrl-C", cfg)
         raise SystemExit(EXIT_SIGINT) from None

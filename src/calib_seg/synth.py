@@ -36,14 +36,30 @@ def _beads(args: argparse.Namespace) -> Path:
     return out
 
 
+#: the training command printed after writing a mito set (its patch size bounds the image size)
+MITO_TRAIN = ["experiment=mito_quick", "data=mito_folder"]
+
+
+def check_mito_size(size: int) -> None:
+    """Refuse an image size the suggested training command cannot take (its patches must fit in every image)."""
+    from calib_seg.config import compose
+
+    patch = int(compose(MITO_TRAIN).data.patch_size)
+    if size < patch:
+        raise ValueError(f"--size {size} is smaller than the {patch} px training patches of "
+                         f"`python -m calib_seg.train {' '.join(MITO_TRAIN)}`; use --size {patch} or larger "
+                         "(nothing was written)")
+
+
 def _mito(args: argparse.Namespace) -> Path:
     from calib_seg.data.mito_synth import write_mito_folder
 
+    check_mito_size(args.size)  # before writing: a set the printed command cannot train on helps nobody
     out = Path(args.out)
     write_mito_folder(out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
                       seed=args.seed or 0)
-    print(f"wrote a synthetic EM set ({args.n_train}/{args.n_val}/{args.n_test} images) to {out}\nread it with: python -m calib_seg.train experiment=mito_quick "
-          f"data=mito_folder data.source.root={Path(out).resolve()}")
+    print(f"wrote a synthetic EM set ({args.n_train}/{args.n_val}/{args.n_test} images) to {out}\nread it with: "
+          f"python -m calib_seg.train {' '.join(MITO_TRAIN)} data.source.root={Path(out).resolve()}")
     return out
 
 

@@ -28,7 +28,10 @@ from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
+from calib_seg.callbacks.progress import with_progress_bar
 from calib_seg.callbacks.tensorboard import log_outcome
+from calib_seg.cli import launch, quiet_known_noise, tee_to_log, to_log
+from calib_seg.errors import input_errors
 from calib_seg.records import (
     describe_run,
     new_record,
@@ -89,8 +92,8 @@ def best_epoch(callbacks: list[Any]) -> tuple[int | None, float | None]:
         if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path:
             stem = Path(cb.best_model_path).stem
             score = cb.best_model_score
-            try:
-                epoch = int(stem.split("best-epoch")[1].split("-")[0]) + 1
+            try:  # the file name counts epochs from 1 (callbacks.checkpoint.Checkpoint)
+                epoch = int(stem.split("best-epoch")[1].split("-")[0])
             except (IndexError, ValueError):
                 epoch = None
             return epoch, (float(score) if score is not None else None)
@@ -188,12 +191,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         if cfg.get("torch_threads"):  # on a shared machine, fewer threads than cores avoids oversubscription
             torch.set_num_threads(int(cfg.torch_threads))
-        datamodule = instantiate(cfg.data)
+        with input_errors():  # read and check every file now: a bad folder is one message + exit 2 (clean_exit)
+            datamodule = instantiate(cfg.data)
+            datamodule.setup(None)
         task = instantiate(cfg.task, model=instantiate(cfg.model))
         loggers = instantiate_group(cfg.get("logger"))
         callbacks = instantiate_group(cfg.get("callbacks"))
         if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
             callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
+        callbacks = with_progress_bar(callbacks, cfg.trainer.get("enable_progress_bar"))
         pin_ddp_children(cfg)
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -302,15 +308,20 @@ def print_summary(record: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
-    with clean_exit(), ddp_job_scope(cfg):  # config error: message + exit 2; SIGTERM: exit 143
+    quiet_known_noise()  # also here: launchers such as submitit call this function without launch()
+    with clean_exit(cfg), ddp_job_scope(cfg):  # bad config/input: message + exit 2; SIGTERM 143, Ctrl-C 130
         record = run(cfg)
     if rank_zero_only.rank != 0:  # DDP worker: rank 0 prints, records and answers the sweeper
         return math.nan
-    print_summary(record)
+    with tee_to_log():  # the summary also goes, as plain text, into the run's train.log
+        print_summary(record)
     if record["status"] == "aborted":
+        # the one console line of an abort (the guard only logs it to train.log): the last line of a single run
+        line = f"run aborted: {record['reason']}"
+        to_log(line)
+        print(line, file=sys.stderr, flush=True)
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun:
-            print(f"run aborted: {record['reason']}", file=sys.stderr, flush=True)
             raise RunAborted(3)
         return math.nan
     value = record.get("best_val")
@@ -318,4 +329,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "train")

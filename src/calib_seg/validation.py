@@ -46,6 +46,13 @@ SEGMENTATION_LOSSES = ("focal", "dice", "focal_dice")
 TARGET_TRANSFORMS = ("standardize", "log_standardize", "none")
 
 
+#: conf/local/default.yaml is composed into the package of its group (``local.*``) unless its first line says
+#: ``# @package _global_``; its keys would then change nothing, silently (README "Per-machine settings")
+LOCAL_WITHOUT_HEADER = ("local: conf/local/default.yaml (or the local=... file) has no '# @package _global_' on its "
+                        "first line, so its keys landed under local.* and change nothing; add that line to apply them "
+                        "to the run")
+
+
 class ConfigError(ValueError):
     """An invalid training configuration; ``problems`` holds one line per offending key."""
 
@@ -263,11 +270,25 @@ def problems_in(cfg: DictConfig) -> list[str]:
             problems.append(f"{key}: {msg}")
     for where in ("model", "task", "data", "data.source"):
         _check_keys(_get(cfg, where), where, problems)
+    if _get(cfg, "local") is not _ABSENT:
+        problems.append(LOCAL_WITHOUT_HEADER)
     return problems
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg``; return quietly when it is valid."""
     problems = problems_in(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def require(cfg: DictConfig, needed: dict[str, str]) -> None:
+    """Raise :class:`ConfigError` naming every key of ``needed`` that ``cfg`` leaves unset (``???`` or null).
+
+    ``needed`` maps each key to what to give, shown in the message. (A ``???`` of evaluate.yaml or predict.yaml
+    does not survive composition when train.yaml, composed first, already sets the key to null.)
+    """
+    problems = [f"{key}: required, not given; {what}" for key, what in needed.items()
+                if key not in cfg or OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, "")]
     if problems:
         raise ConfigError(problems)

@@ -21,6 +21,8 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from calib_seg.cli import FILE_ONLY
+
 log = logging.getLogger("calib_seg.guard")
 
 __all__ = ["TrainingGuard", "check", "spread_stats"]
@@ -192,8 +194,8 @@ class TrainingGuard(pl.Callback):
         trainer.fit_loop.epoch_loop.min_steps = 0
         if not trainer.is_global_zero:
             return
-        log.warning("training guard: %s", reason)
-        print(f"training guard: {reason}", flush=True)
+        # file only: train.main prints the abort once on the console (the last line of a single run)
+        log.warning("training guard: %s", reason, extra=FILE_ONLY)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("guard/abort", reason, global_step=trainer.global_step)

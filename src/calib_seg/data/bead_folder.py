@@ -26,7 +26,7 @@ import numpy as np
 
 from calib_seg.data.beads import dilution_series
 from calib_seg.data.density import BeadSet, SyntheticBeads
-from calib_seg.data.images import full_scale, list_images, read_raw, to_gray
+from calib_seg.data.images import SKIP_HINT, full_scale, list_images, read_raw, to_gray
 from calib_seg.records import atomic_write_text, content_hash, refuse_existing_output
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,22 @@ class BeadFolder:
         files = [p for p in list_images(self.root)] + (list_images(self.root / "images") if (self.root / "images").is_dir() else [])
         if not files:
             raise FileNotFoundError(f"bead data root {self.root} has no {self.manifest} and no TIFF/PNG images")
-        rows = []
+        rows, bad = [], []
         for p in files:
             dil = parse_dilution(p.name)
             if dil is None:
-                raise ValueError(f"{p}: no {self.manifest} in {self.root} and no dilution in the file name "
-                                 "(expected names like 50x_001.tif)")
-            if dil not in self.table:
-                raise ValueError(f"{p}: dilution {dil:g}x from the file name is not in the dilution table "
-                                 f"(known: {', '.join(f'{d:g}x' for d in self.table)})")
+                bad.append(f"{p.relative_to(self.root)}: no dilution in the file name")
+            elif dil not in self.table:
+                bad.append(f"{p.relative_to(self.root)}: dilution {dil:g}x is not in the dilution table")
+            if bad:  # keep looking: every bad name is listed at once, not one per attempt
+                continue
             rows.append({"file": str(p.relative_to(self.root)), "path": p, "density": self.table[dil],
                          "dilution": dil, "count": math.nan, "line": None})
+        if bad:
+            raise ValueError(
+                f"{self.root}: no {self.manifest}, and {len(bad)} of {len(files)} file name(s) give no known dilution "
+                f"(expected names like 50x_001.tif; known dilutions: {', '.join(f'{d:g}x' for d in self.table)}):\n"
+                + "\n".join(f"  {b}" for b in bad))
         return rows
 
     def _facts(self) -> dict[str, Any]:
@@ -161,7 +166,7 @@ class BeadFolder:
                 arr = to_gray(read_raw(r["path"]), str(r["path"]))
             except ValueError as exc:
                 if not self.skip_bad_files:
-                    raise
+                    raise ValueError(f"{exc}\n  {SKIP_HINT}") from exc
                 log.warning("skipping unreadable image (data.source.skip_bad_files=true): %s", exc)
                 skipped.append(r["file"])
                 continue

@@ -7,6 +7,7 @@ its origin, and serves batches ``{"image", "density", "dilution", "count"}`` (se
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,10 @@ from calib_seg.data.beads import (
     dilution_series,
     render_beads,
 )
-from calib_seg.data.splits import Split, stratified_split
+from calib_seg.data.splits import Split, split_note, stratified_split
 from calib_seg.records import content_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -170,6 +173,7 @@ class DensityDataModule(pl.LightningDataModule):
         self.augment, self.num_workers, self.pin_memory = bool(augment), int(num_workers), bool(pin_memory)
         self.beads: BeadSet | None = None
         self.split: Split | None = None
+        self.split_note: str | None = None
 
     def prepare(self) -> BeadSet:
         """Load (or simulate) the data and split it, once; later calls return the cached set."""
@@ -177,6 +181,9 @@ class DensityDataModule(pl.LightningDataModule):
             self.beads = self.source.load(progress=True)
             self.split = stratified_split(self.beads.dilution, self.val_fraction, self.test_fraction,
                                           self.split_seed, self.holdout_dilutions)
+            self.split_note = split_note(self.split, self.val_fraction, self.test_fraction, self.holdout_dilutions)
+            if self.split_note:  # never silently: the log and run.json (data_fingerprint.split_note) say so
+                log.warning("%s", self.split_note)
         return self.beads
 
     def setup(self, stage: str | None = None) -> None:
@@ -248,4 +255,4 @@ class DensityDataModule(pl.LightningDataModule):
         """What identifies the data of this run: source parameters or file-manifest hash, and split sizes."""
         beads = self.prepare()
         return {**beads.fingerprint, "split_seed": self.split_seed, "holdout_dilutions": self.holdout_dilutions,
-                "split_sizes": self.split.sizes()}
+                "split_sizes": self.split.sizes(), "split_note": self.split_note}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calib_seg.data.images import SKIP_HINT, read_raw, to_unit_float
 from calib_seg.data.images import check_unit_range as _check_unit_range
-from calib_seg.data.images import read_raw, to_unit_float
 
 __all__ = ["EPFLSource", "FolderSource", "SegSplit", "StackView", "to_unit_float", "check_binary_mask",
            "binarize_mask", "read_image_file", "load_pairs", "file_manifest"]
@@ -307,7 +307,7 @@ def load_pairs(
             raw_img, m = read_image_file(ip), read_image_file(mp)
         except ValueError as exc:
             if not skip_bad_files:
-                raise
+                raise ValueError(f"{exc}\n  {SKIP_HINT}") from exc
             log.warning("skipping unreadable pair (data.source.skip_bad_files=true): %s", exc)
             if skipped is not None:
                 skipped.append(str(ip))

@@ -23,6 +23,9 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 _LUMA = np.array([0.299, 0.587, 0.114])
+#: appended to "cannot read image" errors of the readers that can skip unreadable files
+SKIP_HINT = ("set data.source.skip_bad_files=true to skip unreadable files "
+             "(they are listed under data_fingerprint.skipped_files in run.json)")
 
 
 def read_raw(path: str | Path) -> np.ndarray:

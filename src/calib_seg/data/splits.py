@@ -5,6 +5,7 @@ One function for synthetic and folder sources alike, so both are split the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,3 +73,34 @@ def stratified_split(
             raise ValueError(f"the {name} split has {n} sample(s) (sizes {split.sizes()}); R² needs at least 2: "
                              "use more images or larger fractions")
     return split
+
+
+def split_note(split: Split, val_fraction: float, test_fraction: float, holdout: Sequence[float] | None = None,
+               tolerance: float = 0.05) -> str | None:
+    """A sentence for the log and run.json when the split sizes differ from the requested fractions.
+
+    Small data sets cannot be split 70/15/15 per dilution (each dilution keeps at least one image in val and
+    test, and rounding is per dilution): 33 images become 11/11/11. ``None`` when every share is within
+    ``tolerance`` of what was asked. With a ``holdout`` the test split is the held-out levels by design, so only
+    the val share of the remaining images is compared.
+    """
+    sizes = split.sizes()
+    if holdout:
+        rest = sizes["train"] + sizes["val"]
+        asked = {"val": val_fraction / (1 - test_fraction)}
+        got = {"val": sizes["val"] / rest if rest else 0.0}
+    else:
+        total = sum(sizes.values())
+        asked = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+        got = {k: sizes[k] / total if total else 0.0 for k in asked}
+    if all(abs(got[k] - asked[k]) <= tolerance for k in asked):
+        return None
+    if holdout:
+        return (f"val is {sizes['val']} of the {rest} images outside the held-out dilutions = {100 * got['val']:.0f} %, "
+                f"not the requested {100 * asked['val']:.0f} % (too few images per dilution); "
+                "metrics on small splits are noisy")
+    names, counts = "/".join(asked), "/".join(str(sizes[k]) for k in asked)
+    shares, wanted = ("/".join(f"{100 * d[k]:.0f}" for k in asked) for d in (got, asked))
+    return (f"split {names} is {counts} images = {shares} %, not the requested {wanted} % (too few images per "
+            "dilution: each keeps at least one in val and in test); "
+            "metrics on small splits are noisy")
