@@ -25,6 +25,9 @@ train: $(VENV_STAMP) ## train the default density model on synthetic beads (CPU,
 test: $(VENV_STAMP) ## fast test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
 
+test-slow: $(VENV_STAMP) ## only the tests marked slow (CI runs this after `make test`)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
 test-full: $(VENV_STAMP) ## every test, including the slow ones
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
@@ -83,4 +86,4 @@ bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,j
 
 .PHONY: bench
 
-.PHONY: help install train test test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down
+.PHONY: help install train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down

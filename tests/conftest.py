@@ -34,6 +34,34 @@ TINY_BEADS = [
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: fixtures whose skip means "this machine lacks the resource": fine on a laptop, a failure in CI (which runs as
+#: root, can bring up SLURM, and has ../shared beside the clone), where a skip would hide an untested claim
+REQUIRED_IN_CI = {
+    "slurm_cluster": "a real one-node SLURM cluster (scripts/slurm-local-up)",
+    "shared_dir": f"the shared data folder {SHARED}",
+}
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to anything but empty/0/false/no (CI platforms set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI, a skip of a test that needs SLURM or ../shared is reported as a failure, with the skip's reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci() and call.excinfo is not None):
+        return
+    if not call.excinfo.errisinstance(pytest.skip.Exception):  # xfail and friends are not resource skips
+        return
+    needed = [REQUIRED_IN_CI[f] for f in REQUIRED_IN_CI if f in getattr(item, "fixturenames", ())]
+    if needed:
+        report.outcome = "failed"
+        report.longrepr = (f"skipped in CI (CI={os.environ.get('CI')!r}) although CI must run it; it needs "
+                           f"{' and '.join(needed)}. Skip reason: {call.excinfo.value}")
+
 
 def compose_run_cfg(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """The train config as Hydra would build it for a run whose output folder is ``output_dir``."""

@@ -50,11 +50,19 @@ def test_counted_bead_centres_lie_inside_the_field_of_view():
     assert (b.centres_um >= 0).all() and (b.centres_um < fov_um).all()
 
 
-def test_image_is_camera_values_within_bit_depth():
-    p = BeadPhysics(image_size=64, pixel_size_um=8.0, bit_depth=10)
-    b = render_beads(np.random.default_rng(0), 1000.0, 200.0, p)
-    assert b.image.dtype == np.uint16 and b.image.shape == (64, 64)
-    assert b.image.max() <= 2**10 - 1 and b.image.min() >= 0
+def test_image_is_camera_values_with_the_documented_noise_and_clipping():
+    # empty, evenly lit field: mean = gain * full_well * background; variance = gain^2 (shot + read noise^2)
+    flat = dict(image_size=64, pixel_size_um=8.0, vignetting=0.0, gradient=0.0, debris_density_per_mm2=0.0)
+    p = BeadPhysics(**flat)
+    img = render_beads(np.random.default_rng(0), 0.0, 1.0, p).image
+    assert img.dtype == np.uint16 and img.shape == (64, 64)
+    electrons = p.background_level * p.full_well_e
+    assert img.mean() == pytest.approx(p.gain_adu_per_e * electrons, rel=0.002)
+    expected_std = p.gain_adu_per_e * np.sqrt(electrons + p.read_noise_e**2)
+    assert img.std() == pytest.approx(expected_std, rel=0.05)
+    # a 10-bit camera clips the same field (2800 ADU expected) at its full scale, 1023
+    ten = render_beads(np.random.default_rng(0), 0.0, 1.0, BeadPhysics(**flat, bit_depth=10)).image
+    assert ten.max() == 2**10 - 1 and (ten == 2**10 - 1).mean() > 0.99
 
 
 def test_brightfield_darkens_and_fluorescence_brightens_with_density():

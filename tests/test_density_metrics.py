@@ -16,9 +16,14 @@ def test_target_transform_round_trips_in_beads_per_mm2(kind):
     y = torch.tensor([15.0, 28.1, 647.3, 4252.3, 7964.0], dtype=torch.float64)
     tf = TargetTransform(kind).fit(y.numpy())
     assert torch.allclose(tf.inverse(tf(y)), y, rtol=1e-9)
-    if kind != "none":
-        z = tf(y)
-        assert abs(float(z.mean())) < 0.7 and float(z.abs().max()) < 5
+    # exact standardisation of the fitted targets: mean 0, sample std 1 (of log1p(y) for log_standardize)
+    f = {"standardize": y, "log_standardize": torch.log1p(y), "none": None}[kind]
+    z = tf(y)
+    if f is None:
+        assert torch.equal(z, y)
+    else:
+        torch.testing.assert_close(z, (f - f.mean()) / f.std(), rtol=1e-12, atol=1e-12)
+        assert abs(float(z.mean())) < 1e-12 and float(z.std()) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_target_transform_is_fitted_on_given_targets_only_and_refuses_use_before_fit():

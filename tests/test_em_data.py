@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from calib_seg.data.augment import PairAugment
-from calib_seg.data.em import EPFLSource, FolderSource, to_unit_float
+from calib_seg.data.em import EPFLSource, FolderSource
 from calib_seg.data.segmentation import RandomPatchDataset, SegmentationDataModule, tile_starts
 
 
@@ -50,23 +50,6 @@ def blob_mask(h=48, w=64, value=255):
     m = np.zeros((h, w), np.uint8)
     m[10:20, 10:30] = value
     return m
-
-
-# ------------------------------------------------------------------------------------------- conversions
-def test_uint8_and_uint16_images_scale_by_their_full_range():
-    assert to_unit_float(np.array([[0, 255]], np.uint8)).tolist() == [[0.0, 1.0]]
-    np.testing.assert_allclose(to_unit_float(np.array([[0, 65535, 4095]], np.uint16)), [[0, 1, 4095 / 65535]])
-
-
-def test_rgb_images_become_itu601_luminance():
-    rgb = np.zeros((1, 3, 3), np.uint8)
-    rgb[0, 0, 0], rgb[0, 1, 1], rgb[0, 2, 2] = 255, 255, 255
-    np.testing.assert_allclose(to_unit_float(rgb)[0], [0.299, 0.587, 0.114], rtol=1e-6)
-
-
-def test_float_image_outside_unit_range_is_an_error():
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
-        to_unit_float(np.array([[0.0, 1.5]], np.float32), "x.tif")
 
 
 # -------------------------------------------------------------------------------------------------- EPFL
@@ -272,10 +255,20 @@ def test_augmentation_moves_image_and_mask_together_and_is_seeded():
     for s in range(8):
         xa, ma = aug(x, m, torch.Generator().manual_seed(s))
         assert torch.equal((xa > 0.5).float(), ma)
+    # the geometric part really transforms: across seeds, image and mask come out in more than one orientation
+    geo = [aug(x, m, torch.Generator().manual_seed(s)) for s in range(8)]
+    assert any(not torch.equal(xa, x) for xa, _ in geo)
+    assert len({tuple(ma.flatten().tolist()) for _, ma in geo}) >= 3
+    for xa, _ in geo:  # each output is one of the 8 flips/rotations of the input, not a new picture
+        assert any(torch.equal(xa, torch.rot90(f, k, (-2, -1))) for f in (x, x.flip(-1)) for k in range(4))
     jit = PairAugment()
-    a1 = jit(x, m, torch.Generator().manual_seed(1))[0]
+    a1, m1 = jit(x, m, torch.Generator().manual_seed(1))
     assert torch.equal(a1, jit(x, m, torch.Generator().manual_seed(1))[0])
     assert 0 <= float(a1.min()) and float(a1.max()) <= 1
+    # intensity jitter changes grey values (not just their places) and never touches the mask's values
+    intensity = PairAugment(flip=False, rot90=False)
+    jittered = [intensity(x, m, torch.Generator().manual_seed(s)) for s in range(4)]
+    assert all(not torch.allclose(xa, x, atol=1e-3) and torch.equal(ma, m) for xa, ma in jittered)
 
 
 def test_empty_validation_split_is_refused():

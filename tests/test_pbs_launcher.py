@@ -197,18 +197,18 @@ def test_zero_gpus_and_no_mem_leave_them_out_of_the_request():
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "match"),
     [
-        dict(dialect="slurm"),
-        dict(walltime="4h"),
-        dict(ncpus=0),
-        dict(ngpus=-1),
-        dict(mem="lots"),
-        dict(array_parallelism=0),
+        (dict(dialect="slurm"), r"dialect must be one of .*, got 'slurm'"),
+        (dict(walltime="4h"), r"walltime must look like HH:MM:SS, got '4h'"),
+        (dict(ncpus=0), r"ncpus must be >= 1, got 0"),
+        (dict(ngpus=-1), r"ngpus must be >= 0, got -1"),
+        (dict(mem="lots"), r"mem must look like 16gb or 4000mb, got 'lots'"),
+        (dict(array_parallelism=0), r"array_parallelism must be >= 1 or null, got 0"),
     ],
 )
-def test_invalid_resources_fail_before_anything_is_submitted(bad):
-    with pytest.raises(ValueError):
+def test_invalid_resources_fail_before_anything_is_submitted(bad, match):
+    with pytest.raises(ValueError, match=match):
         Resources(**bad)
 
 

@@ -84,6 +84,9 @@ def test_completed_run_record_has_every_field_history_and_figures(trained):
     assert saved["val_metrics_best"]["epoch"] == saved["best_epoch"]
     assert saved["val_metrics_best"]["val/r2"] == pytest.approx(saved["best_val"])
     assert saved["test_metrics"]["test/r2"] == saved["metrics"]["test/r2"]
+    for key in ("test/r2", "test/mae", "test/rmse", "test/mape", "test/max_error", "test/r2_oracle", "val/r2"):
+        assert key in saved["metrics"], key
+    assert saved["task"] == "density" and saved["choices"]["filters"] == [8, 16]
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2] and all(r["time_s"] > 0 for r in history)
     assert saved["time_per_epoch_s"] == pytest.approx(np.mean([r["time_s"] for r in history]))
@@ -202,7 +205,7 @@ def _check_density_report(sw: Path) -> str:
     assert text.count("| completed |") == len(records)
     best = max(records, key=lambda k: records[k]["best_val"])
     assert f"## Best job\n\n`{best}`" in text
-    assert "different git commits" not in text and "## Incomplete" not in text
+    assert "Warning: provenance differs" not in text and "## Incomplete" not in text
     assert (sw / "report_figures" / "training_curves.png").exists()
     assert (sw / "report_figures" / "capacity.png").exists()
     assert (sw / "report_figures" / "per_dilution_mae.png").exists()

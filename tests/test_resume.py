@@ -117,14 +117,14 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=_env())
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metrics(tmp_path):
-    args = [*DETERMINISTIC, "trainer.max_epochs=4"]
-    reference = _train(*args, f"hydra.run.dir={tmp_path / 'ref'}")
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
+    """SIGTERM after epoch 1 of 2 through the real CLI: exit 143, record failed, resume ends bit-identical."""
+    args = [*DETERMINISTIC, "trainer.max_epochs=2"]
+    # the uninterrupted reference runs beside the killed run (two cores; each run is single-threaded)
+    reference = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, f"hydra.run.dir={tmp_path / 'ref'}"],
+                                 cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    pause = ["+callbacks.pause._target_=pause_callback.PauseAfterEpoch", "+callbacks.pause.epoch=2",
+    pause = ["+callbacks.pause._target_=pause_callback.PauseAfterEpoch", "+callbacks.pause.epoch=1",
              f"+callbacks.pause.marker={marker}"]
     proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, *pause, f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -132,30 +132,32 @@ def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metric
         deadline = time.monotonic() + 300
         while not marker.exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run never reached epoch 2"
+            assert time.monotonic() < deadline, "run never reached epoch 1"
             time.sleep(0.2)
         last = run_dir / "checkpoints" / "last.ckpt"
-        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # 0-based: epoch 2 done
+        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # 0-based: epoch 1 done
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
+        _, ref_err = reference.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, reference):
+            if p.poll() is None:
+                p.kill()
+    assert reference.returncode == 0, ref_err[-3000:]
     assert proc.returncode == 143, err[-3000:]
     killed = read_record(run_dir)
     assert killed["status"] == "failed" and killed["reason"].startswith("interrupted: SIGTERM"), killed["reason"]
-    assert killed["epochs"] == 2
+    assert killed["epochs"] == 1
 
     resumed = _train(*args, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record, ref = read_record(run_dir), read_record(tmp_path / "ref")
-    assert record["status"] == "completed" and record["epochs"] == 4
+    assert record["status"] == "completed" and record["epochs"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paused", "ref", "run"]  # no second run folder
-    assert _test_metrics(record) == _test_metrics(ref)  # bit-identical to the uninterrupted run
-    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3, 4]
+    assert _test_metrics(record) and _test_metrics(record) == _test_metrics(ref)  # bit-identical, not close
+    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2]
 
 
-@pytest.mark.slow
 def test_rerun_sweep_with_resume_trains_only_the_job_without_a_completed_record(tmp_path):
     args = ["-m", *TINY_BEADS, "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
     first = _train(*args)

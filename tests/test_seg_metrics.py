@@ -165,9 +165,22 @@ def test_mask_values_outside_zero_one_are_rejected_by_the_metrics(data):
 
 
 def test_losses_by_name_and_unknown_loss_is_a_clear_error():
-    logits = torch.randn(2, 1, 8, 8)
-    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
-    for name in ("focal", "dice", "focal_dice"):
-        assert torch.isfinite(build_loss(name)(logits, target))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    p = torch.sigmoid(logits)
+    # independent references: binary focal loss (gamma 2, no alpha) and soft Dice, written out from their formulas
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = torch.where(target == 1, p, 1 - p)
+    focal_ref = ((1 - pt) ** 2 * bce).mean()
+    dice_ref = 1 - (2 * (p * target).sum() + 0.0) / (p.sum() + target.sum()).clamp_min(1e-7)
+    losses = {name: build_loss(name)(logits, target) for name in ("focal", "dice", "focal_dice")}
+    torch.testing.assert_close(losses["focal"], focal_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["dice"], dice_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["focal_dice"], focal_ref + dice_ref, rtol=1e-5, atol=1e-6)
+    # orderings: confident right predictions cost less than a coin flip, which costs less than confident wrong ones
+    for name, loss in ((n, build_loss(n)) for n in losses):
+        right, flip, wrong = (loss(s * (2 * target - 1), target) for s in (8.0, 0.0, -8.0))
+        assert right < flip < wrong, name
     with pytest.raises(ValueError, match="loss must be one of"):
         SegmentationTask(Passthrough(), loss="bce")

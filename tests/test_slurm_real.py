@@ -159,7 +159,8 @@ def test_two_job_sweep_through_real_slurm_completes_and_records_slurm_job_ids(sl
         assert str(rec["provenance"]["slurm_job_id"]).isdigit(), (name, rec["provenance"])
     ids = {rec["provenance"]["slurm_job_id"] for rec in recs.values()}
     arrays = {rec["provenance"].get("slurm_array_job_id") for rec in recs.values()}
-    assert len(ids) == 2 and len(arrays) == 1, "one SLURM array, one job per sweep member"
+    assert len(ids) == 2, f"one SLURM job per sweep member, got {ids}"
+    assert None not in arrays and len(arrays) == 1, f"one SLURM array for the sweep, got {arrays}"
     print(f"real SLURM 2-job sweep: {wall:.1f}s, job ids {sorted(ids)}, array {arrays}")
 
 

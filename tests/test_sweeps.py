@@ -1,8 +1,9 @@
-"""Sweeps: the grids in conf/hparams_search/ expand to the studies of the seed reports, every sweep gets its own
+"""Sweeps: the grids in conf/hparams_search/ launch the studies of the seed reports, every sweep gets its own
 folder, each job its own sub-folder with run.json, and DDP over 2 CPU processes measures what one process does.
 
-Grids are expanded with Hydra's own BasicSweeper code path (params from the composed config, parsed by the
-OverridesParser, crossed by ``BasicSweeper.split_arguments``) so nothing is trained to check their size.
+Grids are checked by launching them for real (``python -m calib_seg.train -m ...``) with ``train=false
+test=false``: each job composes, builds its data module and model and writes run.json, so the records show
+exactly what ``-m`` launched, in a few seconds per job and without training.
 """
 
 from __future__ import annotations
@@ -15,43 +16,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from calib_seg.config import compose
 from conftest import REPO, TINY_BEADS
 from test_slurm_real import slurm_cluster  # noqa: F401, F811  (fixture: a local SLURM cluster, or skip)
 
 # fastest possible job: compose, build the datamodule and the model, write run.json; no fit, no test
-NO_TRAINING = ["train=false", "test=false", "logger=none", "data.source.n_per_level=12",
+NO_TRAINING = ["train=false", "test=false", "logger=none", "torch_threads=1", "data.source.n_per_level=12",
                "data.source.physics.image_size=32", "data.source.physics.pixel_size_um=16.0",
                "data.source.physics.psf_sigma_um=8.0"]
-
-
-def expand(cli: list[str]) -> list[list[str]]:
-    """The jobs Hydra's BasicSweeper would launch for ``python -m calib_seg.train -m <cli>`` (one batch)."""
-    # as Hydra in MULTIRUN mode: the primary config (which holds hydra.sweeper.params) is composed without the
-    # command line's sweep overrides; then exactly BasicSweeper.sweep(): the config's params, then the command line
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(list(cli)) if not o.is_sweep_override()]
-    GlobalHydra.instance().clear()
-    try:
-        cfg = compose(fixed, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()] + list(cli)
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(params), max_batch_size=None)
-    assert len(batches) == 1
-    return batches[0]
-
-
-def job_config(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        return compose(overrides)
-    finally:
-        GlobalHydra.instance().clear()
+# the same for segmentation jobs: tiny synthetic EM (the models keep the grid's published sizes)
+NO_TRAINING_SEG = ["train=false", "test=false", "logger=none", "torch_threads=1", "data=mito_synth",
+                   "data.source.n_train=2", "data.source.n_val=1", "data.source.n_test=1",
+                   "data.source.height=64", "data.source.width=64"]
 
 
 def _train(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.Popen:
@@ -70,81 +46,52 @@ def _wait(proc: subprocess.Popen, timeout: int = 600) -> tuple[str, str]:
     return out, err
 
 
-# --- grid sizes and members ------------------------------------------------------------------------------------
-def test_filters_grid_is_the_four_seed_studies_with_their_filters_and_batch_sizes():
-    jobs = expand(["hparams_search=filters"])
-    assert len(jobs) == 4
-    got = []
-    for job in jobs:
-        cfg = job_config(job)
-        got.append((cfg.run_name, list(cfg.model.filters), cfg.data.batch_size))
-        assert cfg.ckpt_path == "last"  # a requeued job resumes from its own folder
-    assert got == [("C01_Minimal", [16, 32, 64], 256), ("C02_Standard", [32, 64, 128], 192),
-                   ("C03_Enhanced", [64, 128, 256], 128), ("C04_Deep", [128, 256, 512], 96)]
-
-
-def test_arch_grid_is_baseline_shallow_baseline_deep_and_resnet_deep():
-    jobs = expand(["hparams_search=arch"])
-    assert len(jobs) == 3
-    cfgs = [job_config(job) for job in jobs]
-    assert [c.run_name for c in cfgs] == ["Baseline_Shallow", "Baseline_Deep", "ResNet_Deep"]
-    assert [c.model._target_.rsplit(".", 1)[1] for c in cfgs] == ["DensityCNN", "DensityCNN", "DensityResNet"]
-
-
-def test_hpo_mito_grid_is_3_models_x_4_lrs_x_3_batch_sizes_maximising_val_jaccard():
-    jobs = expand(["hparams_search=hpo_mito"])
-    assert len(jobs) == 36
-    seen = set()
-    for job in jobs:
-        cfg = job_config(job)
-        assert cfg.optimized_metric == "val/jaccard" and cfg.task_name == "mito"
-        assert cfg.callbacks.model_checkpoint.monitor == "val/jaccard"
-        # published settings of the mito presets apply to every architecture of the grid
-        assert (cfg.model.base_filters, cfg.model.depth, cfg.data.patch_size) == (64, 4, 256)
-        seen.add((cfg.model._target_.rsplit(".", 1)[1], cfg.task.optimizer.lr, cfg.data.batch_size))
-    expected = set(itertools.product(["UNet", "AttentionUNet", "AttentionResUNet"], [5e-3, 1e-3, 5e-4, 1e-4],
-                                     [8, 16, 32]))
-    assert seen == expected
-
-
-def test_extra_overrides_reach_every_job_of_a_grid_and_command_line_data_wins():
-    jobs = expand(["hparams_search=hpo_mito", "data=mito_synth", "trainer.max_epochs=1"])
-    assert len(jobs) == 36
-    cfg = job_config(jobs[-1])
-    assert cfg.data.source._target_.endswith("MitoSynthSource") and cfg.trainer.max_epochs == 1
-    assert cfg.data.batch_size == 32 and cfg.model._target_.endswith("AttentionResUNet")
-
-
-def test_product_card_forms_a_sweep_over_lists_and_over_experiments():
-    # what the shell passes for: -m model.filters='[16,32,64]','[32,64,128]'
-    jobs = expand(["model.filters=[16,32,64],[32,64,128]"])
-    assert [list(job_config(j).model.filters) for j in jobs] == [[16, 32, 64], [32, 64, 128]]
-    jobs = expand(["experiment=C01,C02,C03,C04"])
-    assert [job_config(j).run_name for j in jobs] == ["C01_Minimal", "C02_Standard", "C03_Enhanced", "C04_Deep"]
-
-
-# --- folders ---------------------------------------------------------------------------------------------------
-def test_job_folder_names_put_the_grid_parameters_first_then_the_other_overrides_sorted():
-    from calib_seg.resolvers import _job_dirname
-
-    job = expand(["hparams_search=hpo_mito", "trainer.max_epochs=1", "data=mito_synth", "ckpt_path=null"])[5]
-    GlobalHydra.instance().clear()
-    try:
-        cfg = compose(job, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    # hparams_search and ckpt_path are excluded (same for every job / must not move a resumed job's folder)
-    assert _job_dirname(_root_=cfg) == ("model=unet,task.optimizer.lr=0.001,data.batch_size=32,"
-                                        "data=mito_synth,trainer.max_epochs=1")
-
-
 def _jobs_of(sweep: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
+    """run.json of every job of a sweep, in launch order (job number, not folder-name order)."""
+    paths = sorted(sweep.glob("*/run.json"), key=lambda p: int(p.parent.name.split("_", 1)[0]))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+# --- grids, launched for real ----------------------------------------------------------------------------------
+def test_arch_grid_launches_baseline_shallow_baseline_deep_and_resnet_deep(tmp_path):
+    _wait(_train("-m", "hparams_search=arch", "data=beads_synth", *NO_TRAINING, f"hydra.sweep.dir={tmp_path}"))
+    records = _jobs_of(tmp_path)
+    assert [r["status"] for r in records] == ["completed"] * 3
+    assert [r["config"]["run_name"] for r in records] == ["Baseline_Shallow", "Baseline_Deep", "ResNet_Deep"]
+    assert [r["choices"]["model_target"].rsplit(".", 1)[1] for r in records] == [
+        "DensityCNN", "DensityCNN", "DensityResNet"]
+    assert records[0]["params"] < records[1]["params"]  # deep has more stages than shallow
+    # the grid's folder names carry the swept group, never the constant hparams_search choice
+    assert not any("hparams_search" in p.name for p in tmp_path.iterdir())
 
 
 @pytest.mark.slow
+def test_hpo_mito_grid_launches_3_models_x_4_lrs_x_3_batch_sizes_and_command_line_data_wins(tmp_path):
+    """The 36 jobs of the mito report at their published settings; extra overrides reach every job."""
+    _wait(_train("-m", "hparams_search=hpo_mito", *NO_TRAINING_SEG, "trainer.max_epochs=1",
+                 f"hydra.sweep.dir={tmp_path}"), timeout=1500)
+    records = _jobs_of(tmp_path)
+    assert len(records) == 36 and {r["status"] for r in records} == {"completed"}
+    seen = []
+    for r in records:
+        c = r["config"]
+        assert r["optimized_metric"] == "val/jaccard" and c["task_name"] == "mito"
+        assert c["callbacks"]["model_checkpoint"]["monitor"] == "val/jaccard"
+        assert (c["model"]["base_filters"], c["model"]["depth"], c["data"]["patch_size"]) == (64, 4, 256)
+        assert c["data"]["source"]["_target_"].endswith("MitoSynthSource") and c["trainer"]["max_epochs"] == 1
+        seen.append((r["choices"]["model_target"].rsplit(".", 1)[1], c["task"]["optimizer"]["lr"],
+                     c["data"]["batch_size"]))
+    assert sorted(set(seen)) == sorted(itertools.product(["UNet", "AttentionUNet", "AttentionResUNet"],
+                                                         [5e-3, 1e-3, 5e-4, 1e-4], [8, 16, 32]))
+    # folder names: the grid parameters first, in grid order, then the other overrides sorted
+    name = next(p.name for p in tmp_path.iterdir() if p.name.startswith("5_"))
+    assert name.startswith("5_model=unet,task.optimizer.lr=0.001,data.batch_size=32,data.source.height=64,"), name
+
+
+# --- folders ---------------------------------------------------------------------------------------------------
 def test_tiny_list_sweep_writes_one_folder_per_job_named_by_index_and_overrides(tmp_path):
-    tiny = [o for o in TINY_BEADS if not o.startswith("model.filters")]
+    # README: -m model.filters='[16,32,64]','[32,64,128]' (shell quotes removed); an untrained model is tested
+    tiny = [o for o in TINY_BEADS if not o.startswith("model.filters")] + ["train=false"]
     out, _ = _wait(_train("-m", "model.filters=[8,16],[4,8]", *tiny, f"hydra.sweep.dir={tmp_path}"))
     folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [f[:2] for f in folders] == ["0_", "1_"]
@@ -154,16 +101,12 @@ def test_tiny_list_sweep_writes_one_folder_per_job_named_by_index_and_overrides(
     assert ["- model.filters=[8,16]", "- model.filters=[4,8]"] == [
         next(line for line in (tmp_path / f / ".hydra" / "overrides.yaml").read_text().splitlines()
              if "model.filters" in line) for f in folders]
-    assert ["- model.filters=[8,16]", "- model.filters=[4,8]"] == [
-        next(line for line in (tmp_path / f / ".hydra" / "overrides.yaml").read_text().splitlines()
-             if "model.filters" in line) for f in folders]
     records = _jobs_of(tmp_path)
     assert [r["status"] for r in records] == ["completed", "completed"]
     assert [r["choices"]["filters"] for r in records] == [[8, 16], [4, 8]]
     assert all("test/r2" in r["metrics"] for r in records)
 
 
-@pytest.mark.slow
 def test_two_sweeps_started_together_land_in_different_folders_and_share_one_per_sweep(tmp_path):
     # no ${now:} in the folder name: only the ${uniq:} suffix can keep the two sweeps apart
     sweep_dir = f"hydra.sweep.dir={tmp_path}/sweep_${{uniq:}}"
@@ -176,7 +119,6 @@ def test_two_sweeps_started_together_land_in_different_folders_and_share_one_per
     assert seeds == [[1, 2], [3, 4]]
 
 
-@pytest.mark.slow
 def test_submitit_local_jobs_of_one_sweep_share_its_folder(tmp_path):
     """Each submitit job resolves its folder in its own process: the cached ${uniq:} must travel with it."""
     _wait(_train("-m", "seed=1,2", *NO_TRAINING, "hydra/launcher=submitit_local",
@@ -188,19 +130,24 @@ def test_submitit_local_jobs_of_one_sweep_share_its_folder(tmp_path):
     assert all(r["status"] == "completed" for r in records)
 
 
-@pytest.mark.slow
 def test_make_sweep_target_prints_where_the_sweep_landed_and_runs_the_report(tmp_path):
     args = " ".join(["data=beads_synth", *NO_TRAINING, f"hydra.sweep.dir={tmp_path}/s"])
     out = subprocess.run(["make", "--no-print-directory", "sweep-filters", f"ARGS={args}", "VENV_STAMP="],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"sweep filters landed in {tmp_path}/s" in out.stdout
-    assert [r["choices"]["experiment"] for r in _jobs_of(tmp_path / "s")] == ["C01", "C02", "C03", "C04"]
+    records = _jobs_of(tmp_path / "s")
+    assert [r["choices"]["experiment"] for r in records] == ["C01", "C02", "C03", "C04"]
+    # the four seed studies with their filters and batch sizes; a requeued job resumes from its own folder
+    assert [(r["config"]["run_name"], r["choices"]["filters"], r["choices"]["batch_size"]) for r in records] == [
+        ("C01_Minimal", [16, 32, 64], 256), ("C02_Standard", [32, 64, 128], 192),
+        ("C03_Enhanced", [64, 128, 256], 128), ("C04_Deep", [128, 256, 512], 96)]
+    assert {r["config"]["ckpt_path"] for r in records} == {"last"}
     names = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir() and p.name[0].isdigit())
     assert [n.split("_", 1)[1][:14] for n in names] == [f"experiment=C0{i}" for i in range(1, 5)], names
     assert not any("hparams_search" in n for n in names)  # same for every job: left out of the name
-    # the report runs when calib_seg.report exists (it is optional for the target, never silently skipped)
-    assert (tmp_path / "s" / "report.md").exists() or "calib_seg.report not installed" in out.stdout
+    # the target runs the report after the sweep
+    assert "## All jobs (4)" in (tmp_path / "s" / "report.md").read_text()
 
 
 # --- DDP -------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib_seg.data.bead_folder import BeadFolder
+from calib_seg.data.em import FolderSource
 from calib_seg.synth import main
 
 
@@ -25,9 +26,16 @@ def test_synth_refuses_to_overwrite_and_says_so(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
-def test_synth_mito_writes_the_folder_layout(tmp_path):
+def test_synth_mito_writes_a_folder_the_em_reader_takes_back(tmp_path):
     out = tmp_path / "mito"
     assert main(["mito", "--out", str(out), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--size", "128"]) == 0
+    source = FolderSource(out)
     for split, n in (("train", 2), ("val", 1), ("test", 1)):
-        assert len(list((out / split / "images").iterdir())) == n
-        assert len(list((out / split / "masks").iterdir())) == n
+        data = source.split(split)
+        assert len(data.images) == len(data.masks) == n
+        for img, mask in zip(data.images, data.masks):
+            assert img.shape == mask.shape == (128, 128) and img.dtype == np.float32
+            assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.02  # a picture, not a flat field
+            assert set(np.unique(mask).tolist()) == {0, 1} and 0.01 < mask.mean() < 0.5
+            # mitochondria are darker than the rest, as in EM
+            assert img[mask > 0].mean() < img[mask == 0].mean() - 0.05

@@ -93,6 +93,12 @@ def test_predict_tiled_pads_non_divisible_images_when_aligned_and_crops_back():
     x = torch.rand(1, 1, 70, 45)
     out = predict_tiled(model, x, tile=32, overlap=8, align=4)
     assert out.shape == (1, 1, 70, 45) and torch.isfinite(out).all()
+    # a pointwise model shows the crop is in place: tiled output equals the model applied to every pixel
+    torch.testing.assert_close(predict_tiled(Pointwise(), x, tile=32, overlap=8, align=4), Pointwise()(x))
+    # the U-Net sees exactly the reflect-padded image (72 x 48), tiled as a divisible image, cropped back
+    padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect")
+    torch.testing.assert_close(out, predict_tiled(model, padded, tile=32, overlap=8, align=4)[..., :70, :45],
+                               rtol=0, atol=0)
 
 
 def test_blend_window_is_zero_in_margin_one_inside_and_one_at_image_border():
