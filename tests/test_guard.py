@@ -57,7 +57,8 @@ def test_guard_aborts_when_r2_negative_after_grace_epochs():
     entries = [density(1.0 - 0.1 * i, r2) for i, r2 in enumerate([-2.0, -1.0, -0.6, -0.4, -0.31, 0.5])]
     epoch, msg = first_abort(entries)
     assert epoch == 5
-    assert msg == "aborted at epoch 5: val/r2 = -0.31 < 0 after 5 epochs (grace 5)"
+    assert msg == ("aborted at epoch 5: val/r2 = -0.31 < 0; never clearly good (best -0.31), 5 bad epochs in a row "
+                   ">= patience 3 (after 5 epochs, grace 5)")
 
 
 def test_guard_keeps_a_run_whose_r2_is_negative_early_but_positive_by_grace_end():
@@ -80,7 +81,8 @@ def test_guard_aborts_when_prediction_spread_collapses_after_grace():
     epoch, msg = first_abort(std, r2_min=None)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: predictions collapsed: std of val predictions 50 < 0.1 x targets' 1000 "
-                   "(ratio 0.050) after 5 epochs (grace 5)")
+                   "(ratio 0.050); never clearly good (best 0.05), 5 bad epochs in a row >= patience 3 "
+                   "(after 5 epochs, grace 5)")
     rng = [density(1.0 - 0.1 * i, 0.3, pred_std=300.0, pred_range=500.0) for i in range(6)]
     epoch, msg = first_abort(rng, r2_min=None)
     assert epoch == 5 and "range of val predictions 500 < 0.1 x targets' 7900 (ratio 0.063)" in msg
@@ -92,9 +94,38 @@ def test_guard_aborts_when_jaccard_stays_at_the_all_foreground_level():
     epoch, msg = first_abort(entries)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: val/jaccard = 0.095 <= all-foreground baseline 0.080 + margin 0.02 "
-                   "(trivial segmentation) after 5 epochs (grace 5)")
+                   "(trivial segmentation); never clearly good (best 0.095), 5 bad epochs in a row >= patience 3 "
+                   "(after 5 epochs, grace 5)")
     healthy = [{**e, "val/jaccard": 0.2 + 0.1 * i} for i, e in enumerate(entries)]
     assert first_abort(healthy) == (None, None)
+
+
+def _seg(jaccards: list[float], base: float = 0.04) -> list[dict]:
+    return [{"val/loss": 0.2 - 0.01 * i, "val/jaccard": j, "val/jaccard_all_foreground": base}
+            for i, j in enumerate(jaccards)]
+
+
+def test_guard_keeps_a_healthy_run_through_one_bad_epoch():
+    # the README's real-data command (4 Lucchi slices, one validation slice): 0.59 at epoch 4, then one epoch
+    # at 0.024 below the all-foreground level; the old latest-epoch rule aborted it at epoch 6
+    noisy = [0.26, 0.49, 0.34, 0.59, 0.51, 0.024, 0.55, 0.61]
+    assert first_abort(_seg(noisy)) == (None, None)
+    # even a long dip is forgiven until relapse_patience bad epochs in a row
+    dip = [0.26, 0.49, 0.34, 0.59, 0.51] + [0.03] * 9 + [0.6]
+    assert first_abort(_seg(dip)) == (None, None)
+    epoch, msg = first_abort(_seg([0.26, 0.49, 0.34, 0.59, 0.51] + [0.03] * 10))
+    assert epoch == 15 and "best 0.59 was clearly good, but 10 bad epochs in a row >= relapse_patience 10" in msg
+    # density: one epoch of R² < 0 in a run that reached 0.8 is noise, not a doomed run
+    r2 = [density(1.0 - 0.1 * i, v) for i, v in enumerate([0.2, 0.5, 0.8, 0.85, -0.4, 0.9, 0.9])]
+    assert first_abort(r2) == (None, None)
+
+
+def test_guard_aborts_a_truly_trivial_run_after_patience_bad_epochs():
+    # never above baseline + margin: fires at grace_epochs (the streak is already 5 >= patience 3)
+    assert first_abort(_seg([0.0, 0.03, 0.05, 0.04, 0.05, 0.05]))[0] == 5
+    # one marginal epoch (above the margin but not clearly good) restarts the streak: 3 more bad epochs needed
+    epoch, msg = first_abort(_seg([0.0, 0.03, 0.05, 0.04, 0.09, 0.05, 0.05, 0.05]))
+    assert epoch == 8 and "never clearly good (best 0.09), 3 bad epochs in a row >= patience 3" in msg
 
 
 def test_guard_rules_switch_off_one_by_one():

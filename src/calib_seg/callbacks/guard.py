@@ -41,6 +41,16 @@ def spread_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
             "pred_range": float(np.ptp(pred)), "target_range": float(np.ptp(target))}
 
 
+def _bad_streak(flags: Sequence[bool]) -> int:
+    """Number of consecutive ``True`` at the end of ``flags`` (the current run of bad epochs)."""
+    n = 0
+    for f in reversed(flags):
+        if not f:
+            break
+        n += 1
+    return n
+
+
 def check(
     history: Sequence[Mapping[str, float]],
     *,
@@ -52,8 +62,19 @@ def check(
     collapse_fraction: float | None = 0.1,
     jaccard_margin: float | None = 0.02,
     min_steps: int = 50,
+    patience: int = 3,
+    relapse_patience: int = 10,
+    r2_clear: float = 0.3,
+    collapse_clear: float = 0.3,
+    jaccard_clear: float = 0.1,
 ) -> str | None:
-    """The first rule the latest epoch breaks, as the abort message; ``None`` while the run looks healthy.
+    """The first rule the run breaks, as the abort message; ``None`` while the run looks healthy.
+
+    The metric rules (R², collapse, trivial Jaccard) never judge one epoch alone: one noisy epoch (a single
+    validation slice, a high learning rate, BatchNorm statistics) is not a doomed run. Each rule marks every
+    epoch bad or not and fires only on a *streak* of bad epochs ending at the latest one: ``patience`` epochs
+    for a run that was never clearly good, ``relapse_patience`` for one that was (its best value so far passed
+    the rule's "clear" level, e.g. a Jaccard 0.1 above the all-foreground baseline).
 
     Args:
         history: one mapping per validated epoch, oldest first. Each holds ``epoch`` (1-based) and the metrics
@@ -66,14 +87,19 @@ def check(
             less than ``min_rel_delta`` (relative). ``None`` = off.
         min_rel_delta: relative improvement of ``val/loss`` a run must show by ``flat_patience``.
         grace_epochs: the R², collapse and trivial-Jaccard rules start at this epoch.
-        r2_min: abort when ``val/r2 < r2_min`` at or after ``grace_epochs``. ``None`` = off.
-        collapse_fraction: abort when the std or the max-min range of the validation predictions is below this
-            fraction of the targets' at or after ``grace_epochs``. ``None`` = off.
-        jaccard_margin: abort when ``val/jaccard <= val/jaccard_all_foreground + jaccard_margin`` at or after
-            ``grace_epochs``. ``None`` = off.
-        min_steps: rules 2-5 also wait until ``step >= min_steps``. Epochs of one or two optimizer steps (the
-            seed's C01: ~270 images at batch 256) teach nothing yet, and BatchNorm running statistics lag the
-            weights for tens of steps, so val/loss is flat and R² ~ 0 in a healthy run that early.
+        r2_min: an epoch is bad when ``val/r2 < r2_min``. ``None`` = off.
+        collapse_fraction: an epoch is bad when the std or the max-min range of the validation predictions is
+            below this fraction of the targets'. ``None`` = off.
+        jaccard_margin: an epoch is bad when ``val/jaccard <= val/jaccard_all_foreground + jaccard_margin``.
+            ``None`` = off.
+        min_steps: rules 2-5 also wait until ``step >= min_steps`` (BatchNorm running statistics lag the
+            weights for tens of steps, so val/loss is flat and R² ~ 0 in a healthy run that early).
+        patience: bad epochs in a row that fire a metric rule in a run that was never clearly good.
+        relapse_patience: bad epochs in a row that fire it in a run that once was (its best checkpoint is
+            good, and early stopping handles the rest, so only a lasting relapse is worth a stop).
+        r2_clear: a run whose best ``val/r2`` reached this was clearly good.
+        collapse_clear: ... whose best spread ratio (the smaller of std and range ratio) reached this.
+        jaccard_clear: ... whose best ``val/jaccard`` reached the all-foreground baseline + this.
 
     Returns:
         ``"aborted at epoch <n>: <rule and numbers>"`` or ``None``.
@@ -105,25 +131,52 @@ def check(
 
     if epoch < grace_epochs:
         return None
-    after = f"after {epoch} epochs (grace {grace_epochs})"
+
+    def streak_rule(values: list[float], bad: list[bool], clear: bool, text: str) -> str | None:
+        """The message when the bad streak is long enough for this run (clearly good once or never)."""
+        need = relapse_patience if clear else patience
+        n = _bad_streak(bad)
+        if n < need:
+            return None
+        best = max(values)
+        history_note = (f"best {_fmt(best)} was clearly good, but {n} bad epochs in a row >= relapse_patience "
+                        f"{relapse_patience}" if clear else
+                        f"never clearly good (best {_fmt(best)}), {n} bad epochs in a row >= patience {patience}")
+        return fired(f"{text}; {history_note} (after {epoch} epochs, grace {grace_epochs})")
 
     if r2_min is not None and "val/r2" in last:
-        r2 = float(last["val/r2"])
-        if r2 < r2_min:
-            return fired(f"val/r2 = {r2:.2f} < {r2_min:g} {after}")
+        r2 = [float(h["val/r2"]) for h in history if "val/r2" in h]
+        msg = streak_rule(r2, [v < r2_min for v in r2], max(r2) >= r2_clear,
+                          f"val/r2 = {r2[-1]:.2f} < {r2_min:g}")
+        if msg:
+            return msg
 
     if collapse_fraction is not None and "pred_std" in last and "target_std" in last:
-        for kind in ("std", "range"):
-            p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
-            if t > 0 and p < collapse_fraction * t:
-                return fired(f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {collapse_fraction:g} x "
-                             f"targets' {_fmt(t)} (ratio {p / t:.3f}) {after}")
+        spread = [h for h in history if "pred_std" in h and "target_std" in h]
+
+        def ratio(h: Mapping[str, float], kind: str) -> float:
+            t = float(h[f"target_{kind}"])
+            return float(h[f"pred_{kind}"]) / t if t > 0 else math.inf
+
+        worst = [min(ratio(h, "std"), ratio(h, "range")) for h in spread]
+        kind = "std" if ratio(last, "std") <= ratio(last, "range") else "range"
+        p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
+        msg = streak_rule(worst, [w < collapse_fraction for w in worst], max(worst) >= collapse_clear,
+                          f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {collapse_fraction:g} x "
+                          f"targets' {_fmt(t)} (ratio {p / t if t else math.inf:.3f})")
+        if msg:
+            return msg
 
     if jaccard_margin is not None and "val/jaccard" in last and "val/jaccard_all_foreground" in last:
-        jac, base = float(last["val/jaccard"]), float(last["val/jaccard_all_foreground"])
-        if jac <= base + jaccard_margin:
-            return fired(f"val/jaccard = {jac:.3f} <= all-foreground baseline {base:.3f} + margin "
-                         f"{jaccard_margin:g} (trivial segmentation) {after}")
+        seg = [h for h in history if "val/jaccard" in h and "val/jaccard_all_foreground" in h]
+        jac = [float(h["val/jaccard"]) for h in seg]
+        base = [float(h["val/jaccard_all_foreground"]) for h in seg]
+        above = [j - b for j, b in zip(jac, base)]
+        msg = streak_rule(jac, [a <= jaccard_margin for a in above], max(above) >= jaccard_clear,
+                          f"val/jaccard = {jac[-1]:.3f} <= all-foreground baseline {base[-1]:.3f} + margin "
+                          f"{jaccard_margin:g} (trivial segmentation)")
+        if msg:
+            return msg
     return None
 
 
@@ -144,16 +197,25 @@ class TrainingGuard(pl.Callback):
         collapse_fraction: float | None = 0.1,
         jaccard_margin: float | None = 0.02,
         min_steps: int = 50,
+        patience: int = 3,
+        relapse_patience: int = 10,
+        r2_clear: float = 0.3,
+        collapse_clear: float = 0.3,
+        jaccard_clear: float = 0.1,
     ) -> None:
         if flat_patience is not None and flat_patience < 1:
             raise ValueError(f"flat_patience must be >= 1 or null, got {flat_patience}")
         if grace_epochs < 1:
             raise ValueError(f"grace_epochs must be >= 1, got {grace_epochs}")
+        if not 1 <= int(patience) <= int(relapse_patience):
+            raise ValueError(f"need 1 <= patience <= relapse_patience, got {patience}, {relapse_patience}")
         if collapse_fraction is not None and not 0 < collapse_fraction < 1:
             raise ValueError(f"collapse_fraction must be in (0, 1) or null, got {collapse_fraction}")
         self.rules = dict(non_finite=bool(non_finite), flat_patience=flat_patience, min_rel_delta=float(min_rel_delta),
                           grace_epochs=int(grace_epochs), r2_min=r2_min, collapse_fraction=collapse_fraction,
-                          jaccard_margin=jaccard_margin, min_steps=int(min_steps))
+                          jaccard_margin=jaccard_margin, min_steps=int(min_steps), patience=int(patience),
+                          relapse_patience=int(relapse_patience), r2_clear=float(r2_clear),
+                          collapse_clear=float(collapse_clear), jaccard_clear=float(jaccard_clear))
         self.history: list[dict[str, float]] = []
         self.abort_reason: str | None = None
         self.aborted_epoch: int | None = None
