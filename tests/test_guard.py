@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from calib_seg.callbacks.guard import TrainingGuard, check, spread_stats
+from calib_seg.callbacks.guard import TrainingGuard, check, final_check, spread_stats
 from calib_seg.train import run
 from conftest import REPO, TINY_BEADS
 
@@ -145,6 +145,18 @@ def test_guard_waits_for_min_steps_before_judging_progress_but_not_for_nan():
     assert first_abort(nan, min_steps=50)[0] == 2
 
 
+def test_final_check_refuses_negative_r2_and_trivial_jaccard_as_results():
+    assert final_check({"test/r2": -0.43}) == ("final check: test/r2 = -0.430 < 0 (worse than predicting the mean "
+                                               "density): not a result")
+    assert final_check({"test/r2": 0.97}) is None
+    assert final_check({"test/r2": -0.43}, r2_min=None) is None
+    trivial = {"test/jaccard": 0.05, "test/jaccard_all_foreground": 0.04}
+    assert final_check(trivial) == ("final check: test/jaccard = 0.050 <= all-foreground baseline 0.040 + margin "
+                                    "0.02 (trivial segmentation): not a result")
+    assert final_check({**trivial, "test/jaccard": 0.75}) is None
+    assert final_check({"test/loss": 1.0}) is None  # nothing to judge
+
+
 def test_spread_stats_match_numpy():
     pred, target = np.array([1.0, 2.0, 4.0]), np.array([15.0, 500.0, 7964.0])
     s = spread_stats(pred, target)
@@ -197,13 +209,30 @@ TINY_REPRO = ["experiment=repro_relu_collapse", *TINY_BEADS[1:4], "data.source.n
               "callbacks.early_stopping=null", "~callbacks.model_checkpoint"]
 
 
-def test_tiny_relu_collapse_reproduction_is_aborted_within_5_epochs(run_cfg):
+def test_tiny_relu_collapse_reproduction_is_stopped_by_the_preflight_before_epoch_1(run_cfg):
     record = run(run_cfg(TINY_REPRO))
     saved = json.loads((Path(record["run_dir"]) / "run.json").read_text())
     assert saved["status"] == "aborted"
-    assert saved["aborted_epoch"] <= 5 and saved["epochs"] == saved["aborted_epoch"]
-    assert saved["reason"].startswith(f"aborted at epoch {saved['aborted_epoch']}: ")
+    assert saved["aborted_epoch"] == 0 and saved["epochs"] == 0
+    assert saved["reason"].startswith("aborted at epoch 0: pre-flight fit probe: loss on one training batch went ")
+    assert saved["preflight"]["probe_ratio"] > 0.9 and saved["preflight"]["failed"] in saved["reason"]
     assert "test/r2" not in saved["metrics"]  # an aborted run is not tested
+
+
+def test_tiny_relu_collapse_without_preflight_is_aborted_by_the_epoch_rules_within_5_epochs(run_cfg):
+    record = run(run_cfg([*TINY_REPRO, "callbacks.guard.preflight=false"]))
+    assert record["status"] == "aborted" and record["preflight"] is None
+    assert 1 <= record["aborted_epoch"] <= 5 and record["epochs"] == record["aborted_epoch"]
+    assert record["reason"].startswith(f"aborted at epoch {record['aborted_epoch']}: ")
+
+
+def test_run_that_ends_with_negative_test_r2_is_recorded_aborted_not_completed(run_cfg):
+    # the guard off entirely (as in "watch it fail"): the seed's failure trains to its end, and the record still
+    # must not call R² < 0 a success
+    record = run(run_cfg([*TINY_REPRO, "trainer.max_epochs=2", "callbacks.guard=null"]))
+    assert record["metrics"]["test/r2"] < 0
+    assert record["status"] == "aborted" and record["aborted_epoch"] == record["epochs"] == 2
+    assert record["reason"].startswith("aborted at epoch 2: final check: test/r2 = ")
 
 
 def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -212,15 +241,16 @@ def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def test_multirun_goes_on_after_an_aborted_job(tmp_path):
-    # job 0: the collapse reproduction, aborted by the flat-loss rule; job 1: the same run with only the
-    # non-finite rule left on, so it must train to max_epochs (the sweep did not stop at job 0's abort)
-    out = _cli("-m", *TINY_REPRO, "callbacks.guard.flat_patience=5,null", "callbacks.guard.r2_min=null",
-               "callbacks.guard.collapse_fraction=null", f"hydra.sweep.dir={tmp_path}")
+    # job 0: the collapse reproduction, aborted by the pre-flight; job 1: the same run without pre-flight and with
+    # only the non-finite rule left on, so it must train to max_epochs (the sweep did not stop at job 0's abort)
+    out = _cli("-m", *TINY_REPRO, "callbacks.guard.preflight=true,false", "callbacks.guard.flat_patience=null",
+               "callbacks.guard.r2_min=null", "callbacks.guard.collapse_fraction=null", "test=false",
+               f"hydra.sweep.dir={tmp_path}", timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     records = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")}
     assert len(records) == 2, records.keys()
     first, second = (records[k] for k in sorted(records))
-    assert first["status"] == "aborted" and first["aborted_epoch"] <= 5
+    assert first["status"] == "aborted" and first["aborted_epoch"] == 0 and "pre-flight" in first["reason"]
     assert second["status"] == "completed" and second["epochs"] == 6
 
 

@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+
+from calib_seg.callbacks.preflight import judge, measure, preserved_rng
 
 log = logging.getLogger("calib_seg.guard")
 
-__all__ = ["TrainingGuard", "check", "spread_stats"]
+__all__ = ["TrainingGuard", "check", "final_check", "spread_stats"]
 
 
 def _fmt(x: float) -> str:
@@ -180,6 +183,25 @@ def check(
     return None
 
 
+def final_check(metrics: Mapping[str, float], *, r2_min: float | None = 0.0,
+                jaccard_margin: float | None = 0.02) -> str | None:
+    """Why a run that trained to its end is still no result: test R² below ``r2_min`` or a test Jaccard at the
+    all-foreground level (within ``jaccard_margin``); ``None`` when the test numbers are a result.
+
+    The seed study recorded R² < 0 as four finished runs. A threshold of ``None`` switches its half off; a metric
+    the task does not log is skipped.
+    """
+    if r2_min is not None and "test/r2" in metrics and float(metrics["test/r2"]) < r2_min:
+        return (f"final check: test/r2 = {float(metrics['test/r2']):.3f} < {r2_min:g} (worse than predicting the "
+                f"mean density): not a result")
+    if jaccard_margin is not None and "test/jaccard" in metrics and "test/jaccard_all_foreground" in metrics:
+        jac, base = float(metrics["test/jaccard"]), float(metrics["test/jaccard_all_foreground"])
+        if jac <= base + jaccard_margin:
+            return (f"final check: test/jaccard = {jac:.3f} <= all-foreground baseline {base:.3f} + margin "
+                    f"{jaccard_margin:g} (trivial segmentation): not a result")
+    return None
+
+
 class TrainingGuard(pl.Callback):
     """Stop a run whose validation numbers show it cannot succeed; rules and thresholds as in :func:`check`.
 
@@ -202,6 +224,13 @@ class TrainingGuard(pl.Callback):
         r2_clear: float = 0.3,
         collapse_clear: float = 0.3,
         jaccard_clear: float = 0.1,
+        preflight: bool = True,
+        probe_steps: int = 20,
+        probe_batch_size: int | None = 8,
+        max_probe_ratio: float | Mapping[str, float] = 0.5,
+        max_clamp_fraction: float = 0.5,
+        max_target_scale: float = 100.0,
+        plumbing_tolerance: float = 1e-3,
     ) -> None:
         if flat_patience is not None and flat_patience < 1:
             raise ValueError(f"flat_patience must be >= 1 or null, got {flat_patience}")
@@ -216,10 +245,46 @@ class TrainingGuard(pl.Callback):
                           jaccard_margin=jaccard_margin, min_steps=int(min_steps), patience=int(patience),
                           relapse_patience=int(relapse_patience), r2_clear=float(r2_clear),
                           collapse_clear=float(collapse_clear), jaccard_clear=float(jaccard_clear))
+        if probe_steps < 1 or (probe_batch_size is not None and probe_batch_size < 2):
+            raise ValueError(f"need probe_steps >= 1 and probe_batch_size >= 2 or null, got {probe_steps}, "
+                             f"{probe_batch_size}")
+        self.preflight = bool(preflight)
+        self.probe = dict(steps=int(probe_steps), batch_size=probe_batch_size)
+        self.preflight_limits = dict(max_probe_ratio=max_probe_ratio if isinstance(max_probe_ratio, Mapping)
+                                     else float(max_probe_ratio),
+                                     max_clamp_fraction=float(max_clamp_fraction),
+                                     max_target_scale=float(max_target_scale),
+                                     plumbing_tolerance=float(plumbing_tolerance))
+        #: pre-flight measurements (and ``failed``: the message or None) once on_fit_start ran; run.json keeps them
+        self.preflight_result: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.abort_reason: str | None = None
         self.aborted_epoch: int | None = None
         self._validated = False
+
+    # on_fit_start runs after the task's setup (target transform and input normalisation fitted) and after
+    # configure_optimizers, before the sanity check and the first epoch: the built run, not yet trained.
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.preflight or trainer.ckpt_path or not trainer.optimizers:
+            return  # a resumed run passed its pre-flight when it started
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            log.info("pre-flight skipped: fit() was given dataloaders, not a datamodule")
+            return
+        with preserved_rng():  # drawing the batch must not shift the real run's shuffling
+            batch = next(iter(datamodule.train_dataloader()))
+        n = self.probe["batch_size"] or len(batch["image"])
+        batch = {k: v[:n].to(pl_module.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        result = measure(pl_module, trainer.optimizers[0], batch, self.probe["steps"])
+        reason = judge(result, **self.preflight_limits)
+        # every rank probed the same batch from the same seed; rank zero's decision is the one all ranks take
+        reason = trainer.strategy.broadcast(reason, src=0)
+        self.preflight_result = {**result, "failed": reason}
+        if reason:
+            trainer.num_sanity_val_steps = 0
+            self._abort(trainer, f"aborted at epoch 0: {reason}", 0)
+        elif trainer.is_global_zero:
+            log.info("pre-flight passed: probe loss ratio %.3f in %d steps", result["probe_ratio"], result["probe_steps"])
 
     # Validation runs inside the training epoch (Lightning 2), and the epoch's train/loss is only aggregated at
     # the training epoch end: checking there sees this epoch's train and val numbers together, and the density
