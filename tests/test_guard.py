@@ -259,3 +259,20 @@ def test_single_aborted_run_exits_non_zero_with_the_reason_last(tmp_path):
     reason = json.loads((tmp_path / "run.json").read_text())["reason"]
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1] == f"run aborted: {reason}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("healthy", [False, True], ids=["reproduction", "healthy"])
+def test_ddp_ranks_take_rank_0s_preflight_verdict_together(tmp_path, healthy):
+    # both ranks probe the same batch; a verdict taken by one rank only would leave the other waiting forever
+    args = [*TINY_BEADS, "trainer.max_epochs=1"] if healthy else TINY_REPRO
+    out = _cli(*args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "test=false",
+               f"hydra.run.dir={tmp_path}", timeout=900)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["device"] == "2xcpu"
+    if healthy:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert record["status"] == "completed" and record["preflight"]["failed"] is None and record["epochs"] == 1
+    else:
+        assert out.returncode == 3, out.stderr[-2000:]
+        assert record["status"] == "aborted" and record["aborted_epoch"] == 0 and "pre-flight" in record["reason"]

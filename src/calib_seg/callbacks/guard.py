@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -271,6 +272,7 @@ class TrainingGuard(pl.Callback):
         if datamodule is None:
             log.info("pre-flight skipped: fit() was given dataloaders, not a datamodule")
             return
+        t0 = time.perf_counter()
         with preserved_rng():  # drawing the batch must not shift the real run's shuffling
             batch = next(iter(datamodule.train_dataloader()))
         n = self.probe["batch_size"] or len(batch["image"])
@@ -279,7 +281,7 @@ class TrainingGuard(pl.Callback):
         reason = judge(result, **self.preflight_limits)
         # every rank probed the same batch from the same seed; rank zero's decision is the one all ranks take
         reason = trainer.strategy.broadcast(reason, src=0)
-        self.preflight_result = {**result, "failed": reason}
+        self.preflight_result = {**result, "failed": reason, "seconds": time.perf_counter() - t0}
         if reason:
             trainer.num_sanity_val_steps = 0
             self._abort(trainer, f"aborted at epoch 0: {reason}", 0)
