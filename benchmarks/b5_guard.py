@@ -113,14 +113,15 @@ def render(load0: list[float], t0: float) -> None:
                                    time.perf_counter() - t0)]
 
     def f(x, d=3):
-        return None if x is None else round(float(x), d)
+        return round(float(x), d) if isinstance(x, (int, float)) else None
 
     parts.append("\n### Reproductions (guard and pre-flight on)\n")
     parts.append(common.md_table(
-        ["preset", "status", "stopped at epoch", "check", "probe loss ratio", "epochs saved of 50", "wall s"],
+        ["preset", "status", "stopped at epoch", "check", "probe loss ratio", "epochs saved of 50", "pre-flight s",
+         "wall s"],
         [[r["name"], r["status"], r["aborted_epoch"], r["check"], f(r["probe_ratio"]),
           f"{SEED_EPOCHS - r['aborted_epoch']} ({(SEED_EPOCHS - r['aborted_epoch']) / SEED_EPOCHS:.0%})"
-          if r["aborted_epoch"] is not None else "-", f(r["wall_s"], 1)] for r in repro]))
+          if r["aborted_epoch"] is not None else "-", f(r["preflight_s"], 1), f(r["wall_s"], 1)] for r in repro]))
     stopped = [r for r in repro if r["aborted_epoch"] is not None and r["aborted_epoch"] <= 1]
     lit = [r for r in repro if "literal" in r["name"]]
     if repro:
@@ -131,10 +132,12 @@ def render(load0: list[float], t0: float) -> None:
                      f"included) instead of 200 epochs: 100 % of the epochs saved.\n")
     parts.append("\n### False aborts: healthy runs (guard and pre-flight on)\n")
     parts.append(common.md_table(
-        ["run", "status", "aborted?", "check / epoch", "probe loss ratio", "epochs run", "final metric", "wall s"],
+        ["run", "status", "aborted?", "check / epoch", "probe loss ratio", "epochs run", "final metric",
+         "pre-flight s", "s / epoch"],
         [[r["name"], r["status"], "yes" if r["status"] == "aborted" else "no",
           f"{r['check']} / {r['aborted_epoch']}" if r["status"] == "aborted" else "-", f(r["probe_ratio"]),
-          r["epochs"], f"{r['final_metric'][0]} {f(r['final_metric'][1])}", f(r["wall_s"], 1)] for r in healthy]))
+          r["epochs"], f"{r['final_metric'][0]} {f(r['final_metric'][1])}", f(r["preflight_s"], 1),
+          f(r["time_per_epoch_s"], 1)] for r in healthy]))
     n_false = sum(r["status"] == "aborted" for r in healthy)
     parts.append(f"\n{n_false} false aborts in {len(healthy)} healthy runs.\n")
     if other:

@@ -47,6 +47,17 @@ def test_guard_aborts_when_val_loss_flat_for_flat_patience_epochs():
                    "< 1.00% after 5 epochs (flat_patience 5)")
 
 
+def test_flat_loss_rule_spares_a_run_whose_jaccard_improves():
+    # measured (B5, mito_quick U-Net on synthetic EM, 80 patches/epoch): focal val/loss rose while Jaccard learned
+    loss = [0.188, 0.3093, 0.2772, 0.4594, 1.576, 1.2]
+    jac = [0.07864, 0.08076, 0.1121, 0.1302, 0.1191, 0.2]
+    entries = [{"val/loss": v, "val/jaccard": j, "val/jaccard_all_foreground": 0.08} for v, j in zip(loss, jac)]
+    assert first_abort(entries, jaccard_margin=None) == (None, None)
+    # the same loss with a Jaccard that never moves is stopped
+    flat = [{**e, "val/jaccard": 0.09} for e in entries]
+    assert first_abort(flat, jaccard_margin=None)[1].startswith("aborted at epoch 5: val/loss flat")
+
+
 def test_guard_keeps_a_slowly_but_really_improving_run():
     # 0.5% per epoch: 2% by epoch 5, above min_rel_delta; R² positive and rising
     entries = [density(1.0 - 0.005 * i, 0.1 + 0.05 * i) for i in range(30)]
@@ -255,7 +266,7 @@ def test_multirun_goes_on_after_an_aborted_job(tmp_path):
 
 
 def test_single_aborted_run_exits_non_zero_with_the_reason_last(tmp_path):
-    out = _cli(*TINY_REPRO, f"hydra.run.dir={tmp_path}")
+    out = _cli(*TINY_REPRO, f"hydra.run.dir={tmp_path}", timeout=900)
     reason = json.loads((tmp_path / "run.json").read_text())["reason"]
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1] == f"run aborted: {reason}"
