@@ -140,6 +140,11 @@ def render(load0: list[float], t0: float) -> None:
           f(r["time_per_epoch_s"], 1)] for r in healthy]))
     n_false = sum(r["status"] == "aborted" for r in healthy)
     parts.append(f"\n{n_false} false aborts in {len(healthy)} healthy runs.\n")
+    redone = [r for r in rows if r["name"] in latest and r is not latest[r["name"]] and r["status"] == "aborted"
+              and r["group"] not in ("repro", "lr_too_high")]
+    if redone:
+        parts.append("\nRe-run after a rule change (the earlier attempt, kept in `results.json` as `superseded`, "
+                     "was a false abort):\n\n" + "\n".join(f"- {r['name']}: {r['reason']}" for r in redone) + "\n")
     if other:
         parts.append("\n### Not a reproduction unless it ends trivial\n")
         parts.append(common.md_table(["run", "status", "epochs", "final metric", "reason"],
@@ -149,7 +154,7 @@ def render(load0: list[float], t0: float) -> None:
     reasons = [r for r in latest.values() if r["reason"]]
     if reasons:
         parts.append("\nReasons:\n\n" + "\n".join(f"- {r['name']}: {r['reason']}" for r in reasons))
-    figures = {"runs": list(latest.values()), "seed_epochs": SEED_EPOCHS, "seed_runs": SEED_RUNS,
+    figures = {"runs": list(latest.values()), "superseded": redone, "seed_epochs": SEED_EPOCHS, "seed_runs": SEED_RUNS,
                "false_aborts": n_false, "healthy_runs": len(healthy), "quick": True,
                "command": common.command_line()}
     common.write_section("B5", figures, "\n".join(parts))
