@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from calib_seg.callbacks.guard import TrainingGuard, check, spread_stats
+from calib_seg.callbacks.guard import TrainingGuard, check, final_check, spread_stats
 from calib_seg.train import run
 from conftest import REPO, TINY_BEADS
 
@@ -47,6 +47,17 @@ def test_guard_aborts_when_val_loss_flat_for_flat_patience_epochs():
                    "< 1.00% after 5 epochs (flat_patience 5)")
 
 
+def test_flat_loss_rule_spares_a_run_whose_jaccard_improves():
+    # measured (B5, mito_quick U-Net on synthetic EM, 80 patches/epoch): focal val/loss rose while Jaccard learned
+    loss = [0.188, 0.3093, 0.2772, 0.4594, 1.576, 1.2]
+    jac = [0.07864, 0.08076, 0.1121, 0.1302, 0.1191, 0.2]
+    entries = [{"val/loss": v, "val/jaccard": j, "val/jaccard_all_foreground": 0.08} for v, j in zip(loss, jac)]
+    assert first_abort(entries, jaccard_margin=None) == (None, None)
+    # the same loss with a Jaccard that never moves is stopped
+    flat = [{**e, "val/jaccard": 0.09} for e in entries]
+    assert first_abort(flat, jaccard_margin=None)[1].startswith("aborted at epoch 5: val/loss flat")
+
+
 def test_guard_keeps_a_slowly_but_really_improving_run():
     # 0.5% per epoch: 2% by epoch 5, above min_rel_delta; R² positive and rising
     entries = [density(1.0 - 0.005 * i, 0.1 + 0.05 * i) for i in range(30)]
@@ -57,7 +68,8 @@ def test_guard_aborts_when_r2_negative_after_grace_epochs():
     entries = [density(1.0 - 0.1 * i, r2) for i, r2 in enumerate([-2.0, -1.0, -0.6, -0.4, -0.31, 0.5])]
     epoch, msg = first_abort(entries)
     assert epoch == 5
-    assert msg == "aborted at epoch 5: val/r2 = -0.31 < 0 after 5 epochs (grace 5)"
+    assert msg == ("aborted at epoch 5: val/r2 = -0.31 < 0; never clearly good (best -0.31), 5 bad epochs in a row "
+                   ">= patience 3 (after 5 epochs, grace 5)")
 
 
 def test_guard_keeps_a_run_whose_r2_is_negative_early_but_positive_by_grace_end():
@@ -80,7 +92,8 @@ def test_guard_aborts_when_prediction_spread_collapses_after_grace():
     epoch, msg = first_abort(std, r2_min=None)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: predictions collapsed: std of val predictions 50 < 0.1 x targets' 1000 "
-                   "(ratio 0.050) after 5 epochs (grace 5)")
+                   "(ratio 0.050); never clearly good (best 0.05), 5 bad epochs in a row >= patience 3 "
+                   "(after 5 epochs, grace 5)")
     rng = [density(1.0 - 0.1 * i, 0.3, pred_std=300.0, pred_range=500.0) for i in range(6)]
     epoch, msg = first_abort(rng, r2_min=None)
     assert epoch == 5 and "range of val predictions 500 < 0.1 x targets' 7900 (ratio 0.063)" in msg
@@ -92,9 +105,38 @@ def test_guard_aborts_when_jaccard_stays_at_the_all_foreground_level():
     epoch, msg = first_abort(entries)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: val/jaccard = 0.095 <= all-foreground baseline 0.080 + margin 0.02 "
-                   "(trivial segmentation) after 5 epochs (grace 5)")
+                   "(trivial segmentation); never clearly good (best 0.095), 5 bad epochs in a row >= patience 3 "
+                   "(after 5 epochs, grace 5)")
     healthy = [{**e, "val/jaccard": 0.2 + 0.1 * i} for i, e in enumerate(entries)]
     assert first_abort(healthy) == (None, None)
+
+
+def _seg(jaccards: list[float], base: float = 0.04) -> list[dict]:
+    return [{"val/loss": 0.2 - 0.01 * i, "val/jaccard": j, "val/jaccard_all_foreground": base}
+            for i, j in enumerate(jaccards)]
+
+
+def test_guard_keeps_a_healthy_run_through_one_bad_epoch():
+    # the README's real-data command (4 Lucchi slices, one validation slice): 0.59 at epoch 4, then one epoch
+    # at 0.024 below the all-foreground level; the old latest-epoch rule aborted it at epoch 6
+    noisy = [0.26, 0.49, 0.34, 0.59, 0.51, 0.024, 0.55, 0.61]
+    assert first_abort(_seg(noisy)) == (None, None)
+    # even a long dip is forgiven until relapse_patience bad epochs in a row
+    dip = [0.26, 0.49, 0.34, 0.59, 0.51] + [0.03] * 9 + [0.6]
+    assert first_abort(_seg(dip)) == (None, None)
+    epoch, msg = first_abort(_seg([0.26, 0.49, 0.34, 0.59, 0.51] + [0.03] * 10))
+    assert epoch == 15 and "best 0.59 was clearly good, but 10 bad epochs in a row >= relapse_patience 10" in msg
+    # density: one epoch of R² < 0 in a run that reached 0.8 is noise, not a doomed run
+    r2 = [density(1.0 - 0.1 * i, v) for i, v in enumerate([0.2, 0.5, 0.8, 0.85, -0.4, 0.9, 0.9])]
+    assert first_abort(r2) == (None, None)
+
+
+def test_guard_aborts_a_truly_trivial_run_after_patience_bad_epochs():
+    # never above baseline + margin: fires at grace_epochs (the streak is already 5 >= patience 3)
+    assert first_abort(_seg([0.0, 0.03, 0.05, 0.04, 0.05, 0.05]))[0] == 5
+    # one marginal epoch (above the margin but not clearly good) restarts the streak: 3 more bad epochs needed
+    epoch, msg = first_abort(_seg([0.0, 0.03, 0.05, 0.04, 0.09, 0.05, 0.05, 0.05]))
+    assert epoch == 8 and "never clearly good (best 0.09), 3 bad epochs in a row >= patience 3" in msg
 
 
 def test_guard_rules_switch_off_one_by_one():
@@ -112,6 +154,18 @@ def test_guard_waits_for_min_steps_before_judging_progress_but_not_for_nan():
     assert epoch == 25 and msg.startswith("aborted at epoch 25: val/loss flat")
     nan = [{**density(1.0, 0.1), "step": 2}, {**density(math.nan, 0.1), "step": 4}]
     assert first_abort(nan, min_steps=50)[0] == 2
+
+
+def test_final_check_refuses_negative_r2_and_trivial_jaccard_as_results():
+    assert final_check({"test/r2": -0.43}) == ("final check: test/r2 = -0.430 < 0 (worse than predicting the mean "
+                                               "density): not a result")
+    assert final_check({"test/r2": 0.97}) is None
+    assert final_check({"test/r2": -0.43}, r2_min=None) is None
+    trivial = {"test/jaccard": 0.05, "test/jaccard_all_foreground": 0.04}
+    assert final_check(trivial) == ("final check: test/jaccard = 0.050 <= all-foreground baseline 0.040 + margin "
+                                    "0.02 (trivial segmentation): not a result")
+    assert final_check({**trivial, "test/jaccard": 0.75}) is None
+    assert final_check({"test/loss": 1.0}) is None  # nothing to judge
 
 
 def test_spread_stats_match_numpy():
@@ -169,13 +223,30 @@ TINY_REPRO = ["experiment=repro_relu_collapse", *TINY_BEADS[1:4], "data.source.n
               "callbacks.early_stopping=null", "~callbacks.model_checkpoint"]
 
 
-def test_tiny_relu_collapse_reproduction_is_aborted_within_5_epochs(run_cfg):
+def test_tiny_relu_collapse_reproduction_is_stopped_by_the_preflight_before_epoch_1(run_cfg):
     record = run(run_cfg(TINY_REPRO))
     saved = json.loads((Path(record["run_dir"]) / "run.json").read_text())
     assert saved["status"] == "aborted"
-    assert saved["aborted_epoch"] <= 5 and saved["epochs"] == saved["aborted_epoch"]
-    assert saved["reason"].startswith(f"aborted at epoch {saved['aborted_epoch']}: ")
+    assert saved["aborted_epoch"] == 0 and saved["epochs"] == 0
+    assert saved["reason"].startswith("aborted at epoch 0: pre-flight fit probe: loss on one training batch went ")
+    assert saved["preflight"]["probe_ratio"] > 0.9 and saved["preflight"]["failed"] in saved["reason"]
     assert "test/r2" not in saved["metrics"]  # an aborted run is not tested
+
+
+def test_tiny_relu_collapse_without_preflight_is_aborted_by_the_epoch_rules_within_5_epochs(run_cfg):
+    record = run(run_cfg([*TINY_REPRO, "callbacks.guard.preflight=false"]))
+    assert record["status"] == "aborted" and record["preflight"] is None
+    assert 1 <= record["aborted_epoch"] <= 5 and record["epochs"] == record["aborted_epoch"]
+    assert record["reason"].startswith(f"aborted at epoch {record['aborted_epoch']}: ")
+
+
+def test_run_that_ends_with_negative_test_r2_is_recorded_aborted_not_completed(run_cfg):
+    # the guard off entirely (as in "watch it fail"): the seed's failure trains to its end, and the record still
+    # must not call R² < 0 a success
+    record = run(run_cfg([*TINY_REPRO, "trainer.max_epochs=2", "callbacks.guard=null"]))
+    assert record["metrics"]["test/r2"] < 0
+    assert record["status"] == "aborted" and record["aborted_epoch"] == record["epochs"] == 2
+    assert record["reason"].startswith("aborted at epoch 2: final check: test/r2 = ")
 
 
 def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -184,20 +255,38 @@ def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def test_multirun_goes_on_after_an_aborted_job(tmp_path):
-    # job 0: the collapse reproduction, aborted by the flat-loss rule; job 1: the same run with only the
-    # non-finite rule left on, so it must train to max_epochs (the sweep did not stop at job 0's abort)
-    out = _cli("-m", *TINY_REPRO, "callbacks.guard.flat_patience=5,null", "callbacks.guard.r2_min=null",
-               "callbacks.guard.collapse_fraction=null", f"hydra.sweep.dir={tmp_path}")
+    # job 0: the collapse reproduction, aborted by the pre-flight; job 1: the same run without pre-flight and with
+    # only the non-finite rule left on, so it must train to max_epochs (the sweep did not stop at job 0's abort)
+    out = _cli("-m", *TINY_REPRO, "callbacks.guard.preflight=true,false", "callbacks.guard.flat_patience=null",
+               "callbacks.guard.r2_min=null", "callbacks.guard.collapse_fraction=null", "test=false",
+               f"hydra.sweep.dir={tmp_path}", timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     records = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")}
     assert len(records) == 2, records.keys()
     first, second = (records[k] for k in sorted(records))
-    assert first["status"] == "aborted" and first["aborted_epoch"] <= 5
+    assert first["status"] == "aborted" and first["aborted_epoch"] == 0 and "pre-flight" in first["reason"]
     assert second["status"] == "completed" and second["epochs"] == 6
 
 
 def test_single_aborted_run_exits_non_zero_with_the_reason_last(tmp_path):
-    out = _cli(*TINY_REPRO, f"hydra.run.dir={tmp_path}")
+    out = _cli(*TINY_REPRO, f"hydra.run.dir={tmp_path}", timeout=900)
     reason = json.loads((tmp_path / "run.json").read_text())["reason"]
     assert out.returncode == 3, out.stderr[-2000:]  # docs/reliability.md: 3 = aborted by the training guard
     assert out.stderr.strip().splitlines()[-1] == f"run aborted: {reason}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("healthy", [False, True], ids=["reproduction", "healthy"])
+def test_ddp_ranks_take_rank_0s_preflight_verdict_together(tmp_path, healthy):
+    # both ranks probe the same batch; a verdict taken by one rank only would leave the other waiting forever
+    args = [*TINY_BEADS, "trainer.max_epochs=1"] if healthy else TINY_REPRO
+    out = _cli(*args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "test=false",
+               f"hydra.run.dir={tmp_path}", timeout=900)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["device"] == "2xcpu"
+    if healthy:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert record["status"] == "completed" and record["preflight"]["failed"] is None and record["epochs"] == 1
+    else:
+        assert out.returncode == 3, out.stderr[-2000:]
+        assert record["status"] == "aborted" and record["aborted_epoch"] == 0 and "pre-flight" in record["reason"]

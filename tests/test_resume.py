@@ -54,6 +54,18 @@ def test_resume_true_skips_a_completed_run_without_training(run_cfg):
     assert not (out / "checkpoints").exists()  # nothing was built or trained
 
 
+def test_resume_true_does_not_retrain_an_aborted_run(run_cfg):
+    # an abort is a verdict: a re-run sweep must not train (or re-judge) the job again and again
+    cfg = run_cfg([*TINY_BEADS, "+resume=true"])
+    out = Path(cfg.paths.output_dir)
+    write_record(out, {"status": "aborted", "reason": "aborted at epoch 0: pre-flight fit probe: ...",
+                       "aborted_epoch": 0, "best_val": None, "optimized_metric": "val/r2", "task": "density",
+                       "run_dir": str(out), "metrics": {}, "test_metrics": {}})
+    record = run(cfg)
+    assert record["status"] == "aborted" and record["aborted_epoch"] == 0
+    assert not (out / "checkpoints").exists()
+
+
 def test_a_finished_run_folder_is_never_trained_over_without_resume(run_cfg):
     from calib_seg.resume import RunFolderTaken
 

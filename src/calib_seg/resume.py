@@ -3,9 +3,9 @@ runs, skipping completed jobs when a sweep is re-run with ``+resume=true``.
 
 Called from :func:`calib_seg.train.run` / ``main``; user-facing description in docs/reliability.md.
 
-- ``+resume=true`` in a run folder that already holds a *completed* ``run.json`` returns that record without
-  training (a re-run sweep hands the sweeper the recorded metric); any other state (no record, failed,
-  aborted, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
+- ``+resume=true`` in a run folder that already holds a *completed* or *aborted* ``run.json`` returns that
+  record without training (a re-run sweep hands the sweeper the recorded metric, NaN for an abort); any other
+  state (no record, failed, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
 - ``ckpt_path=last`` resumes from ``checkpoints/last.ckpt`` of the run folder (``hydra.run.dir=<same folder>``).
 - A folder that already holds a completed or aborted run is never trained over: without ``ckpt_path`` or
   ``resume=true`` the run stops before anything is written (:class:`RunFolderTaken`, exit 2).
@@ -77,12 +77,14 @@ def check_config(cfg: DictConfig, out_dir: Path) -> None:
 
 
 def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
-    """With ``resume=true``: the folder's completed record (then the job is skipped), else None."""
+    """With ``resume=true``: the folder's completed or aborted record (then the job is skipped), else None."""
     if not cfg.get("resume", False):
         return None
     record = read_record(out_dir)
-    if record is not None and record.get("status") == "completed":
-        log.info("resume=true: %s already completed (%s=%s); not training again", out_dir,
+    # an abort is a verdict (guard, pre-flight or final check), not an interruption: re-running it would only
+    # repeat the verdict, or let a resumed run slip past rules it already failed
+    if record is not None and record.get("status") in ("completed", "aborted"):
+        log.info("resume=true: %s already %s (%s=%s); not training again", out_dir, record["status"],
                  record.get("optimized_metric"), record.get("best_val"))
         return record
     return None

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
+from calib_seg.callbacks.guard import TrainingGuard, final_check
 from calib_seg.callbacks.progress import with_progress_bar
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.cli import launch, quiet_known_noise, tee_to_log, to_log
@@ -84,6 +85,17 @@ def abort_reason(callbacks: list[Any]) -> tuple[str, int] | None:
         if reason:
             return reason, getattr(cb, "aborted_epoch", None)
     return None
+
+
+def preflight_result(callbacks: list[Any]) -> dict[str, Any] | None:
+    """The training guard's pre-flight measurements (``None`` when it did not run: off, resumed, no guard)."""
+    return next((cb.preflight_result for cb in callbacks if getattr(cb, "preflight_result", None)), None)
+
+
+def final_rules(callbacks: list[Any]) -> dict[str, Any]:
+    """The guard's R² and Jaccard thresholds for the final check (its defaults when the guard is off)."""
+    guard = next((cb for cb in callbacks if isinstance(cb, TrainingGuard)), None)
+    return {k: guard.rules[k] for k in ("r2_min", "jaccard_margin")} if guard is not None else {}
 
 
 def best_epoch(callbacks: list[Any]) -> tuple[int | None, float | None]:
@@ -220,6 +232,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(datamodule, "reference_metrics"):
                 test_metrics.update(datamodule.reference_metrics("test"))
 
+        if not aborted and test_metrics:  # a run that trained to its end but whose test numbers are no result
+            verdict = final_check(test_metrics, **final_rules(callbacks))
+            aborted = (f"aborted at epoch {epochs}: {verdict}", epochs) if verdict else None
         b_epoch, b_score = best_epoch(callbacks)
         if test_metrics:  # the second, independent verdict: never aborts, never changes the status
             record["calibration"] = calibration_verdict(task, datamodule, cfg, out_dir, b_epoch)
@@ -227,6 +242,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "status": "aborted" if aborted else "completed",
             "reason": aborted[0] if aborted else None,
             "aborted_epoch": aborted[1] if aborted else None,
+            "preflight": preflight_result(callbacks),
             "optimized_metric": cfg.optimized_metric,
             "best_val": b_score,
             "best_epoch": b_epoch,

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from calib_seg.callbacks.preflight import judge, measure, preserved_rng
 from calib_seg.cli import FILE_ONLY
 
 log = logging.getLogger("calib_seg.guard")
 
-__all__ = ["TrainingGuard", "check", "spread_stats"]
+__all__ = ["TrainingGuard", "check", "final_check", "spread_stats"]
 
 
 def _fmt(x: float) -> str:
@@ -43,19 +46,47 @@ def spread_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
             "pred_range": float(np.ptp(pred)), "target_range": float(np.ptp(target))}
 
 
+def _metric_gain(history: Sequence[Mapping[str, float]], key: str) -> float:
+    """Best value of ``key`` so far minus its first value (0 when the task does not log it)."""
+    values = [float(h[key]) for h in history if key in h and math.isfinite(float(h[key]))]
+    return max(values) - values[0] if values else 0.0
+
+
+def _bad_streak(flags: Sequence[bool]) -> int:
+    """Number of consecutive ``True`` at the end of ``flags`` (the current run of bad epochs)."""
+    n = 0
+    for f in reversed(flags):
+        if not f:
+            break
+        n += 1
+    return n
+
+
 def check(
     history: Sequence[Mapping[str, float]],
     *,
     non_finite: bool = True,
     flat_patience: int | None = 5,
     min_rel_delta: float = 0.01,
+    min_metric_delta: float = 0.02,
     grace_epochs: int = 5,
     r2_min: float | None = 0.0,
     collapse_fraction: float | None = 0.1,
     jaccard_margin: float | None = 0.02,
     min_steps: int = 50,
+    patience: int = 3,
+    relapse_patience: int = 10,
+    r2_clear: float = 0.3,
+    collapse_clear: float = 0.3,
+    jaccard_clear: float = 0.1,
 ) -> str | None:
-    """The first rule the latest epoch breaks, as the abort message; ``None`` while the run looks healthy.
+    """The first rule the run breaks, as the abort message; ``None`` while the run looks healthy.
+
+    The metric rules (R², collapse, trivial Jaccard) never judge one epoch alone: one noisy epoch (a single
+    validation slice, a high learning rate, BatchNorm statistics) is not a doomed run. Each rule marks every
+    epoch bad or not and fires only on a *streak* of bad epochs ending at the latest one: ``patience`` epochs
+    for a run that was never clearly good, ``relapse_patience`` for one that was (its best value so far passed
+    the rule's "clear" level, e.g. a Jaccard 0.1 above the all-foreground baseline).
 
     Args:
         history: one mapping per validated epoch, oldest first. Each holds ``epoch`` (1-based) and the metrics
@@ -67,15 +98,22 @@ def check(
         flat_patience: from this epoch on, abort when the best ``val/loss`` so far improved on the first one by
             less than ``min_rel_delta`` (relative). ``None`` = off.
         min_rel_delta: relative improvement of ``val/loss`` a run must show by ``flat_patience``.
+        min_metric_delta: ... unless its headline metric (``val/jaccard`` or ``val/r2``) improved on its first
+            value by more than this (absolute): a loss that is not the metric may stall while the metric learns.
         grace_epochs: the R², collapse and trivial-Jaccard rules start at this epoch.
-        r2_min: abort when ``val/r2 < r2_min`` at or after ``grace_epochs``. ``None`` = off.
-        collapse_fraction: abort when the std or the max-min range of the validation predictions is below this
-            fraction of the targets' at or after ``grace_epochs``. ``None`` = off.
-        jaccard_margin: abort when ``val/jaccard <= val/jaccard_all_foreground + jaccard_margin`` at or after
-            ``grace_epochs``. ``None`` = off.
-        min_steps: rules 2-5 also wait until ``step >= min_steps``. Epochs of one or two optimizer steps (the
-            seed's C01: ~270 images at batch 256) teach nothing yet, and BatchNorm running statistics lag the
-            weights for tens of steps, so val/loss is flat and R² ~ 0 in a healthy run that early.
+        r2_min: an epoch is bad when ``val/r2 < r2_min``. ``None`` = off.
+        collapse_fraction: an epoch is bad when the std or the max-min range of the validation predictions is
+            below this fraction of the targets'. ``None`` = off.
+        jaccard_margin: an epoch is bad when ``val/jaccard <= val/jaccard_all_foreground + jaccard_margin``.
+            ``None`` = off.
+        min_steps: rules 2-5 also wait until ``step >= min_steps`` (BatchNorm running statistics lag the
+            weights for tens of steps, so val/loss is flat and R² ~ 0 in a healthy run that early).
+        patience: bad epochs in a row that fire a metric rule in a run that was never clearly good.
+        relapse_patience: bad epochs in a row that fire it in a run that once was (its best checkpoint is
+            good, and early stopping handles the rest, so only a lasting relapse is worth a stop).
+        r2_clear: a run whose best ``val/r2`` reached this was clearly good.
+        collapse_clear: ... whose best spread ratio (the smaller of std and range ratio) reached this.
+        jaccard_clear: ... whose best ``val/jaccard`` reached the all-foreground baseline + this.
 
     Returns:
         ``"aborted at epoch <n>: <rule and numbers>"`` or ``None``.
@@ -101,31 +139,80 @@ def check(
         if losses and abs(losses[0]) > 0:
             first, best = losses[0], min(losses)
             rel = (first - best) / abs(first)
-            if rel < min_rel_delta:
+            # a loss that is not the headline metric can stall while the metric improves (focal loss on a
+            # BatchNorm U-Net rose 0.19 -> 1.6 in 5 epochs while val/jaccard went 0.08 -> 0.13): no stop then
+            gain = max((_metric_gain(history, key) for key in ("val/jaccard", "val/r2")), default=0.0)
+            if rel < min_rel_delta and gain <= min_metric_delta:
                 return fired(f"val/loss flat: best {_fmt(best)} vs first {_fmt(first)} = {rel:+.2%} improvement "
                              f"< {min_rel_delta:.2%} after {epoch} epochs (flat_patience {flat_patience})")
 
     if epoch < grace_epochs:
         return None
-    after = f"after {epoch} epochs (grace {grace_epochs})"
+
+    def streak_rule(values: list[float], bad: list[bool], clear: bool, text: str) -> str | None:
+        """The message when the bad streak is long enough for this run (clearly good once or never)."""
+        need = relapse_patience if clear else patience
+        n = _bad_streak(bad)
+        if n < need:
+            return None
+        best = max(values)
+        history_note = (f"best {_fmt(best)} was clearly good, but {n} bad epochs in a row >= relapse_patience "
+                        f"{relapse_patience}" if clear else
+                        f"never clearly good (best {_fmt(best)}), {n} bad epochs in a row >= patience {patience}")
+        return fired(f"{text}; {history_note} (after {epoch} epochs, grace {grace_epochs})")
 
     if r2_min is not None and "val/r2" in last:
-        r2 = float(last["val/r2"])
-        if r2 < r2_min:
-            return fired(f"val/r2 = {r2:.2f} < {r2_min:g} {after}")
+        r2 = [float(h["val/r2"]) for h in history if "val/r2" in h]
+        msg = streak_rule(r2, [v < r2_min for v in r2], max(r2) >= r2_clear,
+                          f"val/r2 = {r2[-1]:.2f} < {r2_min:g}")
+        if msg:
+            return msg
 
     if collapse_fraction is not None and "pred_std" in last and "target_std" in last:
-        for kind in ("std", "range"):
-            p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
-            if t > 0 and p < collapse_fraction * t:
-                return fired(f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {collapse_fraction:g} x "
-                             f"targets' {_fmt(t)} (ratio {p / t:.3f}) {after}")
+        spread = [h for h in history if "pred_std" in h and "target_std" in h]
+
+        def ratio(h: Mapping[str, float], kind: str) -> float:
+            t = float(h[f"target_{kind}"])
+            return float(h[f"pred_{kind}"]) / t if t > 0 else math.inf
+
+        worst = [min(ratio(h, "std"), ratio(h, "range")) for h in spread]
+        kind = "std" if ratio(last, "std") <= ratio(last, "range") else "range"
+        p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
+        msg = streak_rule(worst, [w < collapse_fraction for w in worst], max(worst) >= collapse_clear,
+                          f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {collapse_fraction:g} x "
+                          f"targets' {_fmt(t)} (ratio {p / t if t else math.inf:.3f})")
+        if msg:
+            return msg
 
     if jaccard_margin is not None and "val/jaccard" in last and "val/jaccard_all_foreground" in last:
-        jac, base = float(last["val/jaccard"]), float(last["val/jaccard_all_foreground"])
+        seg = [h for h in history if "val/jaccard" in h and "val/jaccard_all_foreground" in h]
+        jac = [float(h["val/jaccard"]) for h in seg]
+        base = [float(h["val/jaccard_all_foreground"]) for h in seg]
+        above = [j - b for j, b in zip(jac, base)]
+        msg = streak_rule(jac, [a <= jaccard_margin for a in above], max(above) >= jaccard_clear,
+                          f"val/jaccard = {jac[-1]:.3f} <= all-foreground baseline {base[-1]:.3f} + margin "
+                          f"{jaccard_margin:g} (trivial segmentation)")
+        if msg:
+            return msg
+    return None
+
+
+def final_check(metrics: Mapping[str, float], *, r2_min: float | None = 0.0,
+                jaccard_margin: float | None = 0.02) -> str | None:
+    """Why a run that trained to its end is still no result: test R² below ``r2_min`` or a test Jaccard at the
+    all-foreground level (within ``jaccard_margin``); ``None`` when the test numbers are a result.
+
+    The seed study recorded R² < 0 as four finished runs. A threshold of ``None`` switches its half off; a metric
+    the task does not log is skipped.
+    """
+    if r2_min is not None and "test/r2" in metrics and float(metrics["test/r2"]) < r2_min:
+        return (f"final check: test/r2 = {float(metrics['test/r2']):.3f} < {r2_min:g} (worse than predicting the "
+                f"mean density): not a result")
+    if jaccard_margin is not None and "test/jaccard" in metrics and "test/jaccard_all_foreground" in metrics:
+        jac, base = float(metrics["test/jaccard"]), float(metrics["test/jaccard_all_foreground"])
         if jac <= base + jaccard_margin:
-            return fired(f"val/jaccard = {jac:.3f} <= all-foreground baseline {base:.3f} + margin "
-                         f"{jaccard_margin:g} (trivial segmentation) {after}")
+            return (f"final check: test/jaccard = {jac:.3f} <= all-foreground baseline {base:.3f} + margin "
+                    f"{jaccard_margin:g} (trivial segmentation): not a result")
     return None
 
 
@@ -146,20 +233,75 @@ class TrainingGuard(pl.Callback):
         collapse_fraction: float | None = 0.1,
         jaccard_margin: float | None = 0.02,
         min_steps: int = 50,
+        patience: int = 3,
+        relapse_patience: int = 10,
+        r2_clear: float = 0.3,
+        collapse_clear: float = 0.3,
+        jaccard_clear: float = 0.1,
+        min_metric_delta: float = 0.02,
+        preflight: bool = True,
+        probe_steps: int = 20,
+        probe_batch_size: int | None = 8,
+        max_probe_ratio: float | Mapping[str, float] = 0.5,
+        max_clamp_fraction: float = 0.5,
+        max_target_scale: float = 100.0,
+        plumbing_tolerance: float = 1e-3,
     ) -> None:
         if flat_patience is not None and flat_patience < 1:
             raise ValueError(f"flat_patience must be >= 1 or null, got {flat_patience}")
         if grace_epochs < 1:
             raise ValueError(f"grace_epochs must be >= 1, got {grace_epochs}")
+        if not 1 <= int(patience) <= int(relapse_patience):
+            raise ValueError(f"need 1 <= patience <= relapse_patience, got {patience}, {relapse_patience}")
         if collapse_fraction is not None and not 0 < collapse_fraction < 1:
             raise ValueError(f"collapse_fraction must be in (0, 1) or null, got {collapse_fraction}")
         self.rules = dict(non_finite=bool(non_finite), flat_patience=flat_patience, min_rel_delta=float(min_rel_delta),
                           grace_epochs=int(grace_epochs), r2_min=r2_min, collapse_fraction=collapse_fraction,
-                          jaccard_margin=jaccard_margin, min_steps=int(min_steps))
+                          jaccard_margin=jaccard_margin, min_steps=int(min_steps), patience=int(patience),
+                          relapse_patience=int(relapse_patience), r2_clear=float(r2_clear),
+                          collapse_clear=float(collapse_clear), jaccard_clear=float(jaccard_clear),
+                          min_metric_delta=float(min_metric_delta))
+        if probe_steps < 1 or (probe_batch_size is not None and probe_batch_size < 2):
+            raise ValueError(f"need probe_steps >= 1 and probe_batch_size >= 2 or null, got {probe_steps}, "
+                             f"{probe_batch_size}")
+        self.preflight = bool(preflight)
+        self.probe = dict(steps=int(probe_steps), batch_size=probe_batch_size)
+        self.preflight_limits = dict(max_probe_ratio=max_probe_ratio if isinstance(max_probe_ratio, Mapping)
+                                     else float(max_probe_ratio),
+                                     max_clamp_fraction=float(max_clamp_fraction),
+                                     max_target_scale=float(max_target_scale),
+                                     plumbing_tolerance=float(plumbing_tolerance))
+        #: pre-flight measurements (and ``failed``: the message or None) once on_fit_start ran; run.json keeps them
+        self.preflight_result: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.abort_reason: str | None = None
         self.aborted_epoch: int | None = None
         self._validated = False
+
+    # on_fit_start runs after the task's setup (target transform and input normalisation fitted) and after
+    # configure_optimizers, before the sanity check and the first epoch: the built run, not yet trained.
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.preflight or trainer.ckpt_path or not trainer.optimizers:
+            return  # a resumed run passed its pre-flight when it started
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            log.info("pre-flight skipped: fit() was given dataloaders, not a datamodule")
+            return
+        t0 = time.perf_counter()
+        with preserved_rng():  # drawing the batch must not shift the real run's shuffling
+            batch = next(iter(datamodule.train_dataloader()))
+        n = self.probe["batch_size"] or len(batch["image"])
+        batch = {k: v[:n].to(pl_module.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        result = measure(pl_module, trainer.optimizers[0], batch, self.probe["steps"])
+        reason = judge(result, **self.preflight_limits)
+        # every rank probed the same batch from the same seed; rank zero's decision is the one all ranks take
+        reason = trainer.strategy.broadcast(reason, src=0)
+        self.preflight_result = {**result, "failed": reason, "seconds": time.perf_counter() - t0}
+        if reason:
+            trainer.num_sanity_val_steps = 0
+            self._abort(trainer, f"aborted at epoch 0: {reason}", 0)
+        elif trainer.is_global_zero:
+            log.info("pre-flight passed: probe loss ratio %.3f in %d steps", result["probe_ratio"], result["probe_steps"])
 
     # Validation runs inside the training epoch (Lightning 2), and the epoch's train/loss is only aggregated at
     # the training epoch end: checking there sees this epoch's train and val numbers together, and the density
