@@ -157,8 +157,9 @@ def _preprocessing(recipe: Recipe) -> list[dict[str, Any]]:
         steps.append({"id": "scale_linear", "kwargs": {"gain": 1.0 / recipe.input_max, "offset": 0.0}})
     if (recipe.mean, recipe.std) != (0.0, 1.0):  # the training split's pixel statistics, (x - mean) / std exactly
         steps.append({"id": "scale_linear", "kwargs": {"gain": 1.0 / recipe.std, "offset": -recipe.mean / recipe.std}})
-    # without a closing ensure_dtype the spec casts back to the raw input type (uint16) before the network
-    return [*steps, {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
+    if len(steps) > 1:  # without a closing ensure_dtype the spec casts back to the raw type (uint16)
+        steps.append({"id": "ensure_dtype", "kwargs": {"dtype": "float32"}})
+    return steps
 
 
 def _postprocessing(recipe: Recipe) -> list[dict[str, Any]]:

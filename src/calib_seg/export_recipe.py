@@ -65,23 +65,49 @@ def pooling_divisor(model: nn.Module) -> int:
     return max(size_divisor(model), 2**pools)
 
 
-def receptive_field_radius(model: nn.Module, divisor: int = 1, trials: int = 3, max_size: int = 2048,
-                           seed: int = 0) -> int:
-    """Radius (px) of the input region that influences one output pixel of a fully convolutional model.
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
 
-    Measured as the support of the gradient of the centre output pixel, united over ``trials`` random inputs
-    (ReLUs and max-poolings route gradients differently for each input, so one input may miss some of the
-    field). The input grows until the support no longer touches its border.
+
+def _all_paths_open(model: nn.Module) -> nn.Module:
+    """A float64 copy in which every connection the architecture has carries signal.
+
+    Weights become positive averages and biases zero (positive inputs then never meet a closed ReLU), max
+    pooling becomes average pooling over the same window (a max passes the gradient to one pixel only) and
+    normalisation layers are dropped (pointwise at inference; GroupNorm's global statistics are ignored).
     """
     net = copy.deepcopy(model).double().eval()
-    gen = torch.Generator().manual_seed(seed)
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                   ceil_mode=child.ceil_mode))
+            elif isinstance(child, _NORMS):
+                setattr(parent, name, nn.Identity())
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+    return net
+
+
+def receptive_field_radius(model: nn.Module, divisor: int = 1, max_size: int = 2048) -> int:
+    """Radius (px) of the input region that can influence one output pixel of a fully convolutional model.
+
+    The support of the gradient of the centre output pixel in a copy with every path open
+    (:func:`_all_paths_open`), so it is the architecture's receptive field, not what one set of weights happens
+    to use. The probe input grows until the support no longer touches its border.
+    """
+    net = _all_paths_open(model)
+    gen = torch.Generator().manual_seed(0)
     size = max(64, divisor)
     while True:
         size = int(math.ceil(size / divisor) * divisor)
-        x = torch.rand(trials, 1, size, size, dtype=torch.float64, generator=gen).requires_grad_(True)
+        x = (0.5 + torch.rand(1, 1, size, size, dtype=torch.float64, generator=gen)).requires_grad_(True)
         c = size // 2
         net(x)[:, 0, c, c].sum().backward()
-        ys, xs = np.nonzero(x.grad.abs().sum((0, 1)).numpy() > 0)
+        ys, xs = np.nonzero(x.grad[0, 0].numpy() > 0)
         radius = int(max(np.abs(ys - c).max(), np.abs(xs - c).max()))
         if radius < c - 1 or size >= max_size:
             return radius
