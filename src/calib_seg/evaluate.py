@@ -17,55 +17,18 @@ from typing import Any
 import hydra
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
 from calib_seg.callbacks.figures import RunFigures
+from calib_seg.checkpoints import load_run_config, load_task, run_dir_of  # noqa: F401  (public here before)
 from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.errors import input_errors
 from calib_seg.records import describe_run, new_record, provenance, read_record, resolved_config, write_record
 
 log = logging.getLogger("calib_seg.evaluate")
-
-
-def run_dir_of(ckpt_path: str | Path) -> Path:
-    """The run folder of a checkpoint (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
-    ckpt = Path(ckpt_path)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def load_run_config(ckpt_path: str | Path) -> DictConfig:
-    """The training config of the run that wrote ``ckpt_path``."""
-    run_dir = run_dir_of(ckpt_path)
-    hydra_cfg = run_dir / ".hydra" / "config.yaml"
-    if hydra_cfg.exists():
-        return OmegaConf.load(hydra_cfg)
-    record = read_record(run_dir)
-    if record and record.get("config"):
-        return OmegaConf.create(record["config"])
-    raise FileNotFoundError(f"no training config for {ckpt_path}: expected {hydra_cfg} or {run_dir}/run.json "
-                            "(a checkpoint written by calib_seg.train, still inside its run folder)")
-
-
-def load_task(ckpt_path: str | Path, run_cfg: DictConfig | None = None,
-              map_location: str | torch.device = "cpu") -> pl.LightningModule:
-    """Rebuild the task from its run config and load the checkpoint's weights and buffers.
-
-    The buffers carry the density task's fitted target transform and input statistics, so the loaded task
-    predicts in beads/mm² on [0, 1] images with no extra flags. ``weights_only=False`` because the segmentation
-    task's hyperparameters hold its optimizer factory; only load checkpoints you trust (your own runs).
-    """
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    run_cfg = run_cfg if run_cfg is not None else load_run_config(ckpt_path)
-    task = instantiate(run_cfg.task, model=instantiate(run_cfg.model))
-    state = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    task.load_state_dict(state["state_dict"])
-    return task.eval()
 
 
 def _data_overridden() -> bool:

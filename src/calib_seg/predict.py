@@ -24,10 +24,10 @@ import torch
 from omegaconf import DictConfig
 
 from calib_seg import resolvers  # noqa: F401
+from calib_seg.checkpoints import load_run_config, load_task, training_camera
 from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.data.images import IMAGE_SUFFIXES, list_images, read_raw, to_unit_float
 from calib_seg.errors import input_errors
-from calib_seg.evaluate import load_run_config, load_task
 from calib_seg.records import atomic_write_text, refuse_existing_output
 
 log = logging.getLogger("calib_seg.predict")
@@ -74,18 +74,8 @@ def camera_facts(cfg: DictConfig, run_cfg: DictConfig) -> tuple[int | None, floa
             bit = bit or facts.get("bit_depth")
             pixel = pixel or facts.get("pixel_size_um")
             break
-    source = (run_cfg.get("data") or {}).get("source") or {}
-    physics = source.get("physics") or {}
-    if "SyntheticBeads" in str(source.get("_target_", "")):
-        # the simulator's defaults when the config leaves them out (calib_seg.data.beads.BeadPhysics)
-        from calib_seg.data.beads import BeadPhysics
-
-        defaults = BeadPhysics()
-        bit = bit or physics.get("bit_depth") or defaults.bit_depth
-        pixel = pixel or physics.get("pixel_size_um") or defaults.pixel_size_um
-    else:
-        bit = bit or source.get("bit_depth")
-        pixel = pixel or source.get("pixel_size_um")
+    trained_bit, trained_pixel = training_camera(run_cfg)
+    bit, pixel = bit or trained_bit, pixel or trained_pixel
     return (int(bit) if bit else None), (float(pixel) if pixel else None)
 
 
