@@ -19,6 +19,13 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 
 install: $(VENV_STAMP) ## create .venv and install calib_seg with pinned dependencies (about 3 min)
 
+EXPORT_STAMP := .venv/.installed-export-stamp
+$(EXPORT_STAMP): $(VENV_STAMP)
+	.venv/bin/pip install --quiet -c constraints.txt -e ".[dev,cluster,export]"
+	@touch $(EXPORT_STAMP)
+
+install-export: $(EXPORT_STAMP) ## add the BioImage Model Zoo export extra (bioimageio.spec/core, onnx; ~300 MB, ~1.5 min)
+
 train: $(VENV_STAMP) ## train the default density model on synthetic beads (CPU, ~1 min); ARGS="..." for overrides
 	$(PY) -m calib_seg.train $(ARGS)
 
@@ -86,4 +93,4 @@ bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,j
 
 .PHONY: bench
 
-.PHONY: help install train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down
+.PHONY: help install install-export train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down
