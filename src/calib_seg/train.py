@@ -232,7 +232,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(datamodule, "reference_metrics"):
                 test_metrics.update(datamodule.reference_metrics("test"))
 
-        if not aborted and test_metrics:  # a run that trained to its end but whose test numbers are no result
+        # a run that trained to its end but whose test numbers are no result (train=false only evaluates a model)
+        if cfg.get("train", True) and not aborted and test_metrics:
             verdict = final_check(test_metrics, **final_rules(callbacks))
             aborted = (f"aborted at epoch {epochs}: {verdict}", epochs) if verdict else None
         b_epoch, b_score = best_epoch(callbacks)
