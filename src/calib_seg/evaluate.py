@@ -26,7 +26,15 @@ from calib_seg.callbacks.figures import RunFigures
 from calib_seg.checkpoints import load_run_config, load_task, run_dir_of  # noqa: F401  (public here before)
 from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.errors import input_errors
-from calib_seg.records import describe_run, new_record, provenance, read_record, resolved_config, write_record
+from calib_seg.records import (
+    describe_run,
+    new_record,
+    peak_memory_mb,
+    provenance,
+    read_record,
+    resolved_config,
+    write_record,
+)
 
 log = logging.getLogger("calib_seg.evaluate")
 
@@ -88,7 +96,6 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
                        "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
         raise
     finally:
-        from calib_seg.train import peak_memory_mb
 
         record.update(peak_memory_mb())
         describe_run(record, task, datamodule, trainer)

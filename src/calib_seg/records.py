@@ -230,3 +230,14 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001  (e.g. ${hydra:...} outside a Hydra app)
         return OmegaConf.to_container(cfg, resolve=False)
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak resident memory of this process and, on GPU, the peak CUDA allocation (MiB)."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 import os
-import resource
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ from calib_seg.errors import input_errors
 from calib_seg.records import (
     describe_run,
     new_record,
+    peak_memory_mb,
     provenance,
     resolved_config,
     time_per_epoch,
@@ -110,13 +110,6 @@ def best_epoch(callbacks: list[Any]) -> tuple[int | None, float | None]:
                 epoch = None
             return epoch, (float(score) if score is not None else None)
     return None, None
-
-
-def peak_memory_mb() -> dict[str, float | None]:
-    """Peak resident memory of this process and, on GPU, the peak CUDA allocation (MiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
 
 
 def key_choices(cfg: DictConfig) -> dict[str, Any]:
