@@ -43,7 +43,8 @@ from calib_seg.export_recipe import (
     segmentation_recipe,
     valid_crop,
 )
-from calib_seg.records import code_state, read_record, refuse_existing_output
+from calib_seg.fileio import refuse_existing_output
+from calib_seg.records import code_state, read_record
 
 FORMATS = ("bioimageio",)
 # Citations by DOI only: the spec checks URLs online, DOIs by their pattern.

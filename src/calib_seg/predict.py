@@ -28,7 +28,7 @@ from calib_seg.checkpoints import load_run_config, load_task, training_camera
 from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.data.images import IMAGE_SUFFIXES, list_images, read_raw, to_unit_float
 from calib_seg.errors import input_errors
-from calib_seg.records import atomic_write_text, refuse_existing_output
+from calib_seg.fileio import atomic_write_text, refuse_existing_output
 
 log = logging.getLogger("calib_seg.predict")
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from calib_seg.callbacks.history import read_history
-from calib_seg.records import RECORD_NAME, atomic_write_text, read_record
+from calib_seg.fileio import atomic_write_text
+from calib_seg.records import RECORD_NAME, read_record
 
 FIG_DIR = "report_figures"
 _DIL = re.compile(r"^test/mae_dilution_(.+)x$")

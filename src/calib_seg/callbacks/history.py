@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from calib_seg.records import atomic_write_text
+from calib_seg.fileio import atomic_write_text
 
 HISTORY_NAME = "history.json"
 CSV_NAME = "metrics.csv"

@@ -27,7 +27,7 @@ import numpy as np
 from calib_seg.data.beads import dilution_series
 from calib_seg.data.density import BeadSet, SyntheticBeads
 from calib_seg.data.images import SKIP_HINT, full_scale, list_images, read_raw, to_gray
-from calib_seg.records import atomic_write_text, content_hash, refuse_existing_output
+from calib_seg.fileio import atomic_write_text, content_hash, refuse_existing_output
 
 log = logging.getLogger(__name__)
 _DILUTION_IN_NAME = re.compile(r"^(\d+(?:\.\d+)?)x(?:[_\-.]|$)", re.IGNORECASE)

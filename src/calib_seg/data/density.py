@@ -26,7 +26,7 @@ from calib_seg.data.beads import (
     render_beads,
 )
 from calib_seg.data.splits import Split, split_note, stratified_split
-from calib_seg.records import content_hash
+from calib_seg.fileio import content_hash
 
 log = logging.getLogger(__name__)
 

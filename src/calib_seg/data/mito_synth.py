@@ -29,7 +29,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from calib_seg.data.em import SegSplit
-from calib_seg.records import content_hash, refuse_existing_output
+from calib_seg.fileio import content_hash, refuse_existing_output
 
 GENERATOR_VERSION = "mito_synth/2"
 

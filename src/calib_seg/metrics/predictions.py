@@ -57,7 +57,7 @@ def _cell(v: Any) -> str:
 
 def write_predictions_csv(path: str | Path, cols: Mapping[str, np.ndarray]) -> Path:
     """Write the rows (empty cell = unknown) atomically; extra keys of ``cols`` become extra columns."""
-    from calib_seg.records import atomic_write_text
+    from calib_seg.fileio import atomic_write_text
 
     names = list(COLUMNS) + [k for k in cols if k not in COLUMNS]
     buf = [",".join(names)]
