@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib_seg.data.beads import BeadPhysics, dilution_series, oracle_density, render_beads
+from calib_seg.data.simulators.beads import BeadPhysics, dilution_series, oracle_density, render_beads
 
 
 def test_dilution_series_matches_the_seed_report():

@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from calib_seg.data.augment import PairAugment
-from calib_seg.data.em import EPFLSource, FolderSource
-from calib_seg.data.segmentation import RandomPatchDataset, SegmentationDataModule, tile_starts
+from calib_seg.data.patches import RandomPatchDataset, tile_starts
+from calib_seg.data.segmentation import SegmentationDataModule
+from calib_seg.data.sources.epfl import EPFLSource
+from calib_seg.data.sources.image_folder import FolderSource
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -236,7 +238,7 @@ def test_min_foreground_sampler_raises_the_foreground_share_of_patches(tmp_path)
 
 
 def test_epochs_draw_fresh_patches():
-    from calib_seg.data.segmentation import EpochSampler
+    from calib_seg.data.patches import EpochSampler
 
     s = EpochSampler(4)
     first = list(s)
@@ -274,7 +276,7 @@ def test_augmentation_moves_image_and_mask_together_and_is_seeded():
 def test_empty_validation_split_is_refused():
     class NoVal:
         def split(self, name):
-            from calib_seg.data.em import SegSplit
+            from calib_seg.data.containers import SegSplit
 
             if name == "val":
                 return SegSplit([], [], [])

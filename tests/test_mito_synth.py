@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calib_seg.data.em import FolderSource
-from calib_seg.data.mito_synth import MitoSynthSource, generate_mito_image, write_mito_folder
+from calib_seg.data.simulators.mito import generate_mito_image
+from calib_seg.data.sources.image_folder import FolderSource
+from calib_seg.data.sources.mito_synth import MitoSynthSource, write_mito_folder
 
 skimage_filters = pytest.importorskip("skimage.filters")
 
