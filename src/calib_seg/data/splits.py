@@ -128,33 +128,11 @@ def _block_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n_val, n_test
 
 
-def contiguous_blocks(
-    n: int,
-    val_fraction: float = 0.25,
-    test_fraction: float = 0.0,
-    block: str = "last",
-    val_block: Sequence[int] | None = None,
-    test_block: Sequence[int] | None = None,
-    gap: int = 0,
-) -> Split:
-    """Split ``n`` ordered slices of one volume into training and contiguous held-out blocks (never random slices).
-
-    Neighbouring slices of a volume are nearly identical, so a slice held out at random sits between two
-    training slices and validation leaks. Here validation (and optionally test) is one contiguous block each:
-
-    - by fraction: ``round(n * val_fraction)`` slices (at least 1) for val and ``round(n * test_fraction)``
-      (at least 1 when > 0) for test, placed together at the ``block`` position: ``last`` -> train|val|test,
-      ``first`` -> test|val|train, ``middle`` -> train|val|test|train (centred);
-    - explicitly: ``val_block`` / ``test_block`` as ``[start, stop)`` indices (then the fractions and
-      ``block`` must be left unset: ``test_fraction=0``, ``block=None``).
-
-    ``gap`` slices at every boundary between a held-out block and training are dropped from training.
-
-    Raises:
-        ValueError: impossible fractions, blocks outside ``0..n`` or overlapping, or no training slice left.
-    """
-    if gap < 0:
-        raise ValueError(f"gap must be >= 0 slices, got {gap}")
+def _held_out_ranges(
+    n: int, val_fraction: float, test_fraction: float, block: str | None,
+    val_block: Sequence[int] | None, test_block: Sequence[int] | None,
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """``[start, stop)`` of the validation block and of the test block (None: no test) of ``n`` slices."""
     if val_block is not None:
         if test_fraction or block is not None:
             raise ValueError("val_block/test_block give the held-out slices explicitly: leave test_fraction=0 and "
@@ -177,10 +155,39 @@ def contiguous_blocks(
         # val borders training, test sits on the far side of it (mirrored for "first")
         va = (start + n_test, start + n_test + n_val) if block == "first" else (start, start + n_val)
         te = ((start, start + n_test) if block == "first" else (va[1], va[1] + n_test)) if n_test else None
-    held = np.zeros(n, bool)
-    near = np.zeros(n, bool)
+    return va, te
+
+
+def contiguous_blocks(
+    n: int,
+    val_fraction: float = 0.25,
+    test_fraction: float = 0.0,
+    block: str | None = None,
+    val_block: Sequence[int] | None = None,
+    test_block: Sequence[int] | None = None,
+    gap: int = 0,
+) -> Split:
+    """Split ``n`` ordered slices of one volume into training and contiguous held-out blocks (never random slices).
+
+    Neighbouring slices of a volume are nearly identical, so a slice held out at random sits between two
+    training slices and validation leaks. Here validation (and optionally test) is one contiguous block each:
+
+    - by fraction: ``round(n * val_fraction)`` slices (at least 1) for val and ``round(n * test_fraction)``
+      (at least 1 when > 0) for test, placed together at the ``block`` position: ``last`` (None) -> train|val|test,
+      ``first`` -> test|val|train, ``middle`` -> train|val|test|train (centred);
+    - explicitly: ``val_block`` / ``test_block`` as ``[start, stop)`` indices (then the fractions and
+      ``block`` must be left unset: ``test_fraction=0``, ``block=None``).
+
+    ``gap`` slices at every boundary between a held-out block and training are dropped from training.
+
+    Raises:
+        ValueError: impossible fractions, blocks outside ``0..n`` or overlapping, or no training slice left.
+    """
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0 slices, got {gap}")
+    va, te = _held_out_ranges(n, val_fraction, test_fraction, block, val_block, test_block)
+    near = np.zeros(n, bool)  # held out, or within ``gap`` of a held-out block
     for a, b in [va] + ([te] if te else []):
-        held[a:b] = True
         near[max(0, a - gap) : min(n, b + gap)] = True
     train = np.flatnonzero(~near)
     if len(train) < 1:

@@ -15,6 +15,7 @@ Every pair is read and validated at construction (before training starts); image
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 log = logging.getLogger(__name__)
 LAYOUTS = ("train/images, train/masks (val/ and test/ optional, same layout), or images/ + masks/ "
            "(flat layout: slices of one volume)")
+
+
+def _natural_key(name: str) -> list:
+    """``s2`` before ``s10``: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
@@ -210,6 +216,11 @@ class FolderSource:
     def _load_flat_layout(self) -> None:
         volume = self._load(self.root)  # sorted by stem: the slice order of the volume
         n = len(volume)
+        by_number = sorted(volume.names, key=_natural_key)
+        if by_number != volume.names:
+            raise ValueError(f"{self.root} (flat layout): the slices sort differently by name and by number "
+                             f"({', '.join(volume.names[:4])}, ... vs {', '.join(by_number[:4])}, ...); zero-pad the "
+                             "numbers in the file names so that name order is slice order")
         try:
             split = contiguous_blocks(n, self.val_fraction, self.test_fraction, self.block, self.val_block,
                                       self.test_block, self.gap)
