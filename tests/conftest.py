@@ -1,24 +1,21 @@
-"""Shared fixtures: compose the real configs with tiny sizes, and run training in-process."""
+"""Fixtures shared by more than one test module (and the CI rule for resource skips); helpers live in ``helpers/``."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from calib_seg.config import compose_for_run
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-# small, fast bead runs for tests (conf/debug/tiny_beads.yaml): 12 images per level at 64 px, 8 um/px (the seed FOV
-# and physics), batch 16, a [8,16] CNN, 1 epoch, no logger or progress bar, 1 thread. Overrides after it still win.
-TINY_BEADS = ["debug=tiny_beads"]
+from helpers.configs import TINY_BEADS, compose_run_cfg
+from helpers.paths import REPO, SHARED
+from helpers.slurm import SITE_VARS, SLURM_UP_TIMEOUT_S, STATE_DIR, can_admin, sinfo_state
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -51,11 +48,6 @@ def pytest_runtest_makereport(item, call):
                            f"{' and '.join(needed)}. Skip reason: {call.excinfo.value}")
 
 
-def compose_run_cfg(overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """The train config as Hydra would build it for a run whose output folder is ``output_dir``."""
-    return compose_for_run(overrides, output_dir, job_id="test")
-
-
 @pytest.fixture
 def run_cfg(tmp_path):
     """Factory: ``run_cfg(overrides)`` -> composed config writing into tmp_path/run."""
@@ -68,8 +60,55 @@ def run_cfg(tmp_path):
 
 
 @pytest.fixture
-def shared_dir() -> Path:
+def shared_dir():
     """../shared beside the repository (real Lucchi slices, seed reports); skip when absent."""
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present (it sits beside the repository on the team's machines)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-epoch tiny density run with TensorBoard: (config, record)."""
+    from calib_seg.train import run
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_run_cfg([*TINY_BEADS, "logger=tensorboard", "trainer.max_epochs=2"], out)
+    record = run(cfg)
+    yield cfg, record
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A running local SLURM cluster; brought up here (and down afterwards) if the machine allows it."""
+    if os.environ.get("CALIB_SEG_SKIP_SLURM"):
+        pytest.skip("CALIB_SEG_SKIP_SLURM is set")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("local SLURM cluster needs Linux (Debian/Ubuntu packages)")
+    started = False
+    if can_admin() and (shutil.which("apt-get") or shutil.which("slurmctld")):
+        try:
+            up = subprocess.run(
+                [str(REPO / "scripts" / "slurm-local-up")],
+                capture_output=True,
+                text=True,
+                timeout=SLURM_UP_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"scripts/slurm-local-up did not finish within {SLURM_UP_TIMEOUT_S}s")
+        if up.returncode != 0:
+            if "apt-get" in up.stderr or "install" in up.stderr:
+                pytest.skip(f"cannot install slurm-wlm/munge here: {up.stderr.strip()[-300:]}")
+            pytest.fail(f"scripts/slurm-local-up failed:\n{up.stdout}\n{up.stderr}")
+        started = "started slurmctld" in up.stdout or "started slurmd" in up.stdout
+    elif sinfo_state() not in ("idle", "mix", "alloc"):
+        pytest.skip("no SLURM cluster answering sinfo, and no root/sudo + apt-get to start one")
+    assert sinfo_state() in ("idle", "mix", "alloc"), "SLURM node not usable after slurm-local-up"
+    # the sacct stand-in first on PATH: without accounting, submitit would never learn that a job died
+    env = {**os.environ, "PATH": f"{STATE_DIR / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    for var in SITE_VARS:
+        env.pop(var, None)
+    yield env
+    if started:
+        subprocess.run([str(REPO / "scripts" / "slurm-local-down")], capture_output=True, timeout=120)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.paths import REPO
 from hydra_plugins.calib_seg_pbs_launcher.pbs_launcher import (
     parse_qstat_states,
     record_return_value,
@@ -25,8 +26,6 @@ from hydra_plugins.calib_seg_pbs_launcher.script import (
     render_script,
     sanitize_job_name,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY_APP = '''
 """Tiny Hydra app standing in for calib_seg.train: writes run.json like it does, imports no torch."""

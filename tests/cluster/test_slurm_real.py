@@ -17,8 +17,6 @@ tests, marked slow, prove that).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STATE_DIR = Path(os.environ.get("SLURM_LOCAL_STATE_DIR", "/tmp/calib_seg-slurm"))
-SLURM_UP_TIMEOUT_S = 600  # first run installs slurm-wlm + munge with apt-get; later runs take < 2 s
+from helpers.paths import REPO
+
 SWEEP_TIMEOUT_S = 170
 
 # calib_seg.train at toy size: one epoch on a few tiny synthetic images (~15 s per job, mostly imports)
@@ -57,64 +54,6 @@ def main(cfg):
 if __name__ == "__main__":
     main()
 '''
-
-
-def _sinfo_state() -> str:
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
-
-
-def _can_admin() -> bool:
-    if os.geteuid() == 0:
-        return True
-    if not shutil.which("sudo"):
-        return False
-    return subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=10).returncode == 0
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    """A running local SLURM cluster; brought up here (and down afterwards) if the machine allows it."""
-    if os.environ.get("CALIB_SEG_SKIP_SLURM"):
-        pytest.skip("CALIB_SEG_SKIP_SLURM is set")
-    if not sys.platform.startswith("linux"):
-        pytest.skip("local SLURM cluster needs Linux (Debian/Ubuntu packages)")
-    started = False
-    if _can_admin() and (shutil.which("apt-get") or shutil.which("slurmctld")):
-        try:
-            up = subprocess.run(
-                [str(REPO / "scripts" / "slurm-local-up")],
-                capture_output=True,
-                text=True,
-                timeout=SLURM_UP_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"scripts/slurm-local-up did not finish within {SLURM_UP_TIMEOUT_S}s")
-        if up.returncode != 0:
-            if "apt-get" in up.stderr or "install" in up.stderr:
-                pytest.skip(f"cannot install slurm-wlm/munge here: {up.stderr.strip()[-300:]}")
-            pytest.fail(f"scripts/slurm-local-up failed:\n{up.stdout}\n{up.stderr}")
-        started = "started slurmctld" in up.stdout or "started slurmd" in up.stdout
-    elif _sinfo_state() not in ("idle", "mix", "alloc"):
-        pytest.skip("no SLURM cluster answering sinfo, and no root/sudo + apt-get to start one")
-    assert _sinfo_state() in ("idle", "mix", "alloc"), "SLURM node not usable after slurm-local-up"
-    # the sacct stand-in first on PATH: without accounting, submitit would never learn that a job died
-    env = {**os.environ, "PATH": f"{STATE_DIR / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    for var in (
-        "CALIB_SEG_SLURM_PARTITION",
-        "CALIB_SEG_SLURM_ACCOUNT",
-        "CALIB_SEG_SLURM_QOS",
-        "CALIB_SEG_SLURM_CONSTRAINT",
-        "CALIB_SEG_PBS_QUEUE",
-        "CALIB_SEG_PBS_ACCOUNT",
-    ):
-        env.pop(var, None)
-    yield env
-    if started:
-        subprocess.run([str(REPO / "scripts" / "slurm-local-down")], capture_output=True, timeout=120)
 
 
 def sweep(

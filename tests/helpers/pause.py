@@ -1,13 +1,15 @@
-"""Test helper (not a test module): a callback that holds a training run after a given epoch until SIGTERM.
+"""Hold a training subprocess at a known epoch, so a test can signal it without racing a fast tiny epoch.
 
-Used by tests/test_resume.py to kill a run at a known point: at the start of the epoch after ``epoch`` (so
-epoch ``epoch``'s checkpoints are written: ModelCheckpoint saves in ``on_train_epoch_end``, after other
-callbacks), it writes ``marker`` and waits until Lightning has seen a SIGTERM, so the test never races a fast
-tiny epoch.
+``pause_overrides(marker)`` adds :class:`PauseAfterEpoch` to a ``calib_seg.train`` command line (the subprocess
+needs ``tests/`` on its PYTHONPATH: ``helpers.paths.pythonpath_with_tests``); ``wait_until_paused`` returns once
+the run has written ``marker``. At the start of the epoch after ``epoch`` (so epoch ``epoch``'s checkpoints are
+written: ModelCheckpoint saves in ``on_train_epoch_end``, after other callbacks) the callback writes ``marker`` and
+waits until Lightning has seen a SIGTERM (or SIGINT raises KeyboardInterrupt in the loop).
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytorch_lightning as pl
 
 
 class PauseAfterEpoch(pl.Callback):
+    """Writes ``marker`` at the start of epoch index ``epoch`` and waits there for SIGTERM (at most ``timeout_s``)."""
+
     def __init__(self, epoch: int, marker: str, timeout_s: float = 300.0) -> None:
         self.epoch, self.marker, self.timeout_s = int(epoch), Path(marker), float(timeout_s)
 
@@ -25,3 +29,18 @@ class PauseAfterEpoch(pl.Callback):
         t0 = time.monotonic()
         while not trainer.received_sigterm and time.monotonic() - t0 < self.timeout_s:
             time.sleep(0.05)
+
+
+def pause_overrides(marker: Path, epoch: int = 1) -> list[str]:
+    """Command-line overrides that add the pause callback as ``callbacks.pause``."""
+    return [f"+callbacks.pause._target_={PauseAfterEpoch.__module__}.PauseAfterEpoch",
+            f"+callbacks.pause.epoch={epoch}", f"+callbacks.pause.marker={marker}"]
+
+
+def wait_until_paused(proc: subprocess.Popen, marker: Path, timeout_s: float = 300.0) -> None:
+    """Return once ``proc`` has written ``marker``; fail with its stderr if it exits first, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "run never reached the pause epoch"
+        time.sleep(0.2)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers.paths import REPO
 
 INNER = '''
 import pytest
@@ -28,10 +29,12 @@ def test_ordinary_skip():
 
 
 def _inner_pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
-    """A tiny suite under our conftest in a folder without ../shared beside it."""
+    """A tiny suite under our conftest (and the helpers it imports) in a folder without ../shared beside it."""
     root = tmp_path / "repo"
     (root / "tests").mkdir(parents=True)
     (root / "tests" / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    shutil.copytree(REPO / "tests" / "helpers", root / "tests" / "helpers",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # the conftest imports them
     (root / "tests" / "test_inner.py").write_text(INNER)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:

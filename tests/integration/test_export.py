@@ -29,7 +29,7 @@ from calib_seg.export import export, main  # noqa: E402
 from calib_seg.export_bioimageio import offline  # noqa: E402
 from calib_seg.predict import predict, predict_probabilities  # noqa: E402
 from calib_seg.train import run  # noqa: E402
-from conftest import TINY_BEADS, compose_run_cfg  # noqa: E402
+from helpers.configs import TINY_BEADS, compose_run_cfg  # noqa: E402
 
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
 DENSITY_LEARN = [*TINY_BEADS, "data.source.n_per_level=24", "trainer.max_epochs=25", "task.optimizer.lr=3e-3", "~callbacks.early_stopping"]

@@ -16,20 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from calib_seg.config import compose
 from calib_seg.evaluate import evaluate, load_task
 from calib_seg.predict import predict
 from calib_seg.records import RECORD_FIELDS
 from calib_seg.report import best_per_arch, build_report, collect
 from calib_seg.train import run
-from conftest import REPO, TINY_BEADS, compose_run_cfg
-
-TB_RUN = [*TINY_BEADS, "logger=tensorboard", "trainer.max_epochs=2"]
+from helpers.configs import TINY_BEADS, compose_entry_cfg
+from helpers.paths import REPO
 
 
 class AbortAfterFirstEpoch(pl.Callback):
@@ -61,16 +57,6 @@ def _assert_every_field(record: dict) -> None:
     assert record["metric_definitions"] and record["data_fingerprint"]["sha256"]
     # the resolved config: no interpolation left in what actually ran
     assert "${" not in json.dumps(record["config"]["paths"])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-epoch tiny density run with TensorBoard: (config, record)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_run_cfg(TB_RUN, out)
-    record = run(cfg)
-    yield cfg, record
-    GlobalHydra.instance().clear()
 
 
 def test_completed_run_record_has_every_field_history_and_figures(trained):
@@ -138,22 +124,10 @@ def test_failed_run_record_has_every_field_and_the_error(run_cfg):
     _assert_every_field(saved)
 
 
-def _compose(config_name: str, overrides: list[str], out: Path):
-    GlobalHydra.instance().clear()
-    cfg = compose(overrides, config_name=config_name, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.root_dir = str(REPO)
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(REPO)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def test_evaluate_reproduces_the_runs_test_metrics_from_the_checkpoint_alone(trained, tmp_path):
     cfg, record = trained
     ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
-    ecfg = _compose("evaluate", [f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false"],
+    ecfg = compose_entry_cfg("evaluate", [f"ckpt_path={ckpt}", "logger=none", "trainer.enable_progress_bar=false"],
                     tmp_path / "eval")
     rec = evaluate(ecfg, use_run_data=True)
     saved = json.loads((tmp_path / "eval" / "run.json").read_text())

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ from omegaconf import open_dict
 from calib_seg.records import read_record, write_record
 from calib_seg.resume import failure_reason
 from calib_seg.train import run
-from conftest import REPO, TINY_BEADS
+from helpers.configs import TINY_BEADS
+from helpers.paths import REPO, pythonpath_with_tests
+from helpers.pause import pause_overrides, wait_until_paused
 
-TESTS = Path(__file__).resolve().parent
 DETERMINISTIC = [
     *TINY_BEADS, "trainer.deterministic=true", "trainer.accelerator=cpu", "seed=7",
 ]
@@ -119,7 +119,7 @@ def test_resume_restores_the_fitted_density_target_transform(run_cfg, tmp_path):
 # ------------------------------------------------------------------------------------------- subprocesses
 def _env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = pythonpath_with_tests(env)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "2"
     return env
 
@@ -136,16 +136,11 @@ def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metric
     reference = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, f"hydra.run.dir={tmp_path / 'ref'}"],
                                  cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    pause = ["+callbacks.pause._target_=pause_callback.PauseAfterEpoch", "+callbacks.pause.epoch=1",
-             f"+callbacks.pause.marker={marker}"]
-    proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, *pause, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, *pause_overrides(marker, epoch=1),
+                             f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run never reached epoch 1"
-            time.sleep(0.2)
+        wait_until_paused(proc, marker)
         last = run_dir / "checkpoints" / "last.ckpt"
         assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # 0-based: epoch 1 done
         proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from calib_seg.train import run
-from conftest import REPO, compose_run_cfg
+from helpers.configs import compose_run_cfg
+from helpers.paths import REPO
 
 # experiment=mito_quick at toy size (conf/debug/tiny_mito.yaml): 2 epochs on four 128 px images, a depth-2 U-Net;
 # whole test images go through the tiled path (64 px tiles); the guard's Jaccard-margin final rule is off

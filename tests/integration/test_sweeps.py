@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_BEADS
-from test_slurm_real import slurm_cluster  # noqa: F401, F811  (fixture: a local SLURM cluster, or skip)
+from helpers.configs import TINY_BEADS
+from helpers.paths import REPO
 
 # fastest possible job: compose, build the datamodule and the model, write run.json; no fit, no test
 NO_TRAINING = ["train=false", "test=false", "logger=none", "torch_threads=1", "data.source.n_per_level=12",

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from calib_seg.train import run
-from conftest import REPO, TINY_BEADS
+from helpers.configs import TINY_BEADS
+from helpers.paths import REPO
 
 LEARN = [
     *TINY_BEADS,

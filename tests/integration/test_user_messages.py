@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,14 @@ from calib_seg.data.splits import split_note, stratified_split
 from calib_seg.synth import main as synth_main
 from calib_seg.train import run
 from calib_seg.validation import LOCAL_WITHOUT_HEADER, problems_in
-from conftest import REPO, TINY_BEADS
-
-TESTS = Path(__file__).resolve().parent
+from helpers.configs import TINY_BEADS
+from helpers.paths import REPO, pythonpath_with_tests
+from helpers.pause import pause_overrides, wait_until_paused
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = pythonpath_with_tests(env)
     env.update(extra)
     return env
 
@@ -189,19 +188,13 @@ def interrupted(tmp_path_factory):
     """A tiny 3-epoch run stopped with SIGINT (as Ctrl-C sends it) after its first epoch."""
     tmp = tmp_path_factory.mktemp("ctrl_c")
     run_dir, marker = tmp / "run", tmp / "paused"
-    args = [*TINY_BEADS, "trainer.max_epochs=3",
-            "+callbacks.pause._target_=pause_callback.PauseAfterEpoch", "+callbacks.pause.epoch=1",
-            f"+callbacks.pause.marker={marker}"]
+    args = [*TINY_BEADS, "trainer.max_epochs=3", *pause_overrides(marker, epoch=1)]
     # SIGINT must raise KeyboardInterrupt in the child even when this process was started with SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run never reached epoch 1"
-            time.sleep(0.2)
+        wait_until_paused(proc, marker)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers.paths import REPO
+
+BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import classical  # noqa: E402

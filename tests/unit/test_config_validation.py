@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from calib_seg.config import compose
 from calib_seg.validation import ConfigError, problems_in, validate
-from conftest import REPO
+from helpers.paths import REPO
 
 SEG = ["task=segmentation", "model=unet", "data=mito_synth", "optimized_metric=val/jaccard"]
 

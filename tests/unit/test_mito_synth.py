@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from calib_seg.data.sources.mito_synth import MitoSynthSource, write_mito_folder
 
 skimage_filters = pytest.importorskip("skimage.filters")
 
-REPO = Path(__file__).resolve().parents[1]
 # Measured (generator mito_synth/2, 768x1024): Otsu foreground Jaccard 0.09-0.17 on synthetic images,
 # 0.09-0.15 on the four real Lucchi slices. The bound leaves room for seed variation, not for an easy generator.
 OTSU_BOUND = 0.30

@@ -16,7 +16,7 @@ from calib_seg.callbacks.preflight import clamp_fraction, judge, measure, preser
 from calib_seg.tasks.density import DensityRegressionTask
 from calib_seg.tasks.segmentation import SegmentationTask
 from calib_seg.train import run
-from conftest import TINY_BEADS, compose_run_cfg
+from helpers.configs import TINY_BEADS, compose_run_cfg
 
 
 class TinyRegressor(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,9 @@ from omegaconf import OmegaConf
 
 from calib_seg.models.smp_factory import available_architectures, build_smp
 from calib_seg.models.unet import AttentionGate, AttentionResUNet, AttentionUNet, UNet
+from helpers.paths import REPO
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = REPO / "conf"
 NATIVE = [UNet, AttentionUNet, AttentionResUNet]
 
 
