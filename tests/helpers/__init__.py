@@ -1,5 +1,5 @@
 """Shared test helpers: constants, config composers, a pause callback, SLURM probes (no fixtures, no tests).
 
 Test modules import from here (``from helpers.configs import TINY_BEADS``); ``tests/`` is on ``sys.path`` through
-pyproject's ``[tool.pytest.ini_options] pythonpath``. Fixtures live in ``conftest.py`` files only.
+pyproject's ``[tool.pytest.ini_options] pythonpath``. Shared fixtures live in ``conftest.py``.
 """
