@@ -42,7 +42,7 @@ TASKS = {
 NORMS = ("batch", "group", "none")
 HEAD_ACTIVATIONS = (None, "none", "relu", "softplus")
 DENSITY_LOSSES = ("mse", "huber")
-SEGMENTATION_LOSSES = ("focal", "dice", "focal_dice")
+SEGMENTATION_LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice")
 TARGET_TRANSFORMS = ("standardize", "log_standardize", "none")
 
 

@@ -30,11 +30,19 @@ from torchmetrics.classification import (
 )
 
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
+from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
 
 __all__ = ["SegmentationTask", "build_loss", "LOSSES"]
 
-LOSSES = ("focal", "dice", "focal_dice")
+LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice")
 DEFAULT_CURVE = tuple(round(0.1 * i, 2) for i in range(1, 10))
+
+
+class _BCE(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on logits with the mask cast to the logits' dtype (masks may arrive as uint8)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, target.to(logits.dtype))
 
 
 class _SumLoss(nn.Module):
@@ -49,13 +57,18 @@ class _SumLoss(nn.Module):
 
 
 def build_loss(name: str) -> nn.Module:
-    """Loss on logits by name: ``focal`` (smp binary focal, gamma 2), ``dice`` (smp soft Dice), ``focal_dice``."""
+    """Loss on logits by name: ``focal`` (smp binary focal, gamma 2), ``dice`` (smp soft Dice), ``focal_dice``,
+    ``bce`` (binary cross-entropy) or ``bce_dice`` (BCE + soft Dice)."""
     if name == "focal":
         return FocalLoss(mode="binary", gamma=2.0)
     if name == "dice":
         return DiceLoss(mode="binary", from_logits=True)
     if name == "focal_dice":
         return _SumLoss(FocalLoss(mode="binary", gamma=2.0), DiceLoss(mode="binary", from_logits=True))
+    if name == "bce":
+        return _BCE()
+    if name == "bce_dice":
+        return _SumLoss(_BCE(), DiceLoss(mode="binary", from_logits=True))
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
@@ -103,6 +116,10 @@ class SegmentationTask(pl.LightningModule):
         tile_batch_size: tiles per forward pass when tiling.
         thresholds_curve: thresholds of the test Jaccard curve (``test/jaccard_t0.10`` ...).
         scheduler_monitor: metric the scheduler watches (``val/jaccard``; maximised).
+        tta: test/predict probabilities are the mean over the 8 flips/90-degree rotations (validation during
+            training stays plain).
+        postprocess: ``{median: odd px, min_size: px}`` applied to test/predict probabilities (None = off); see
+            :mod:`calib_seg.tasks.seg_inference`.
 
     Load a checkpoint with ``SegmentationTask.load_from_checkpoint(path, model=<same architecture>)``: the model
     is not stored in the hyperparameters, its weights are in the state dict.
@@ -120,6 +137,8 @@ class SegmentationTask(pl.LightningModule):
         tile_batch_size: int = 4,
         thresholds_curve: Sequence[float] = DEFAULT_CURVE,
         scheduler_monitor: str = "val/jaccard",
+        tta: bool = False,
+        postprocess: dict[str, int] | None = None,
     ):
         super().__init__()
         if not 0.0 < float(threshold) < 1.0:
@@ -143,6 +162,9 @@ class SegmentationTask(pl.LightningModule):
         self.loss_fn = build_loss(loss)
         self.threshold = float(threshold)
         self.thresholds_curve = curve
+        self.tta = bool(tta)
+        self.postprocess = make_postprocess(postprocess, self.threshold)
+        self.hparams["postprocess"] = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
 
         self.val_metrics = _main_metrics(self.threshold, "val/")
         self.test_metrics = _main_metrics(self.threshold, "test/")
@@ -175,8 +197,19 @@ class SegmentationTask(pl.LightningModule):
         )
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Foreground probabilities for whole images (see :meth:`predict_logits`)."""
-        return torch.sigmoid(self.predict_logits(images))
+        """Foreground probabilities for whole images (see :meth:`predict_logits`), with ``tta`` and
+        ``postprocess`` applied: the map the test metrics, ``evaluate`` and ``predict`` all use."""
+        plain = lambda x: torch.sigmoid(self.predict_logits(x))  # noqa: E731
+        probs = tta_proba(plain, images) if self.tta else plain(images)
+        return self.postprocess(probs)
+
+    @property
+    def inference_extras(self) -> str | None:
+        """Description of TTA / post-processing on test and predict probabilities, None when both are off."""
+        parts = (["mean over 8 flips/rotations"] if self.tta else []) + (
+            [self.postprocess.describe()] if self.postprocess.active else []
+        )
+        return ", then ".join(parts) or None
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -197,9 +230,13 @@ class SegmentationTask(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
-        logits = self.predict_logits(images)
+        if stage == "test" and self.inference_extras:  # the same map predict writes; loss on its logits
+            probs = self.predict_proba(images)
+            logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+        else:
+            logits = self.predict_logits(images)
+            probs = torch.sigmoid(logits)  # metrics get probabilities, never logits
         loss = self.loss_fn(logits, masks)
-        probs = torch.sigmoid(logits)  # metrics get probabilities, never logits
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         baseline = self.val_baseline if stage == "val" else self.test_baseline
         metrics.update(probs, masks)
@@ -281,6 +318,8 @@ class SegmentationTask(pl.LightningModule):
             defs[f"test/jaccard_t{c:.2f}"] = (
                 f"BinaryJaccardIndex(threshold={c}) on sigmoid probabilities, test set"
             )
+        if self.inference_extras:
+            defs["test/jaccard"] += f"; test probabilities: {self.inference_extras}"
         defs["test/best_threshold"] = (
             "threshold of the test Jaccard curve with the highest Jaccard (diagnostic only; chosen on test data, "
             f"so the headline test/jaccard stays at threshold={t})"
