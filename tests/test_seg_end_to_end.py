@@ -22,14 +22,9 @@ from PIL import Image
 from calib_seg.train import run
 from conftest import REPO, compose_run_cfg
 
-# experiment=mito_quick at toy size; whole 128 px test images go through the tiled path (64 px tiles)
-SEG_TINY = ["experiment=mito_quick", "data.source.n_train=4", "data.source.n_val=1", "data.source.n_test=2",
-            "data.source.height=128", "data.source.width=128", "data.patch_size=64", "data.patches_per_epoch=64",
-            "data.batch_size=8", "model.base_filters=8", "model.depth=2", "task.tile_size=64",
-            "task.tile_overlap=16", "task.loss=focal_dice", "task.optimizer.lr=3e-3", "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false", "logger=none", "torch_threads=1",
-            # 2 toy epochs learn next to nothing: without this the guard's final check (rightly) records "aborted"
-            "callbacks.guard.jaccard_margin=null"]
+# experiment=mito_quick at toy size (conf/debug/tiny_mito.yaml): 2 epochs on four 128 px images, a depth-2 U-Net;
+# whole test images go through the tiled path (64 px tiles); the guard's Jaccard-margin final rule is off
+SEG_TINY = ["experiment=mito_quick", "debug=tiny_mito"]
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -134,6 +129,8 @@ def test_plain_segmentation_command_without_a_preset_trains(tmp_path):
         GlobalHydra.instance().clear()
     assert record["status"] == "completed", record.get("reason")
     assert record["task"] == "segmentation" and record["optimized_metric"] == "val/jaccard"
+    assert record["best_val"] == pytest.approx(record["val_metrics_best"]["val/jaccard"])
+    assert (tmp_path / "run" / "figures" / "jaccard_vs_threshold.png").exists()  # the task's figures were drawn
 
 
 def test_one_real_lucchi_slice_trains_and_the_whole_test_slice_is_scored_in_tiles(shared_dir, tmp_path):

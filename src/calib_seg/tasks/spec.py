@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -123,7 +122,3 @@ def spec_of(what: Any) -> TaskSpec | None:
         return next((s for s in specs.values() if s.optimized_metric == metric), None)
     return None
 
-
-def is_finite(value: Any) -> bool:
-    """A real, finite number (not None, NaN or a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
