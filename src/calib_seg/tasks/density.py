@@ -20,6 +20,7 @@ from torchmetrics import (
 )
 from torchmetrics.aggregation import CatMetric
 
+from calib_seg.tasks.spec import Headline, TaskSpec
 from calib_seg.tasks.transforms import TargetTransform
 
 LOSSES = ("mse", "huber")
@@ -60,6 +61,42 @@ def regression_metrics(prefix: str) -> MetricCollection:
     )
 
 
+_UNIT = "beads/mm²"
+SPEC = TaskSpec(
+    name="density",
+    target="calib_seg.tasks.density.DensityRegressionTask",
+    optimized_metric="val/r2",
+    mode="max",
+    headline=(
+        Headline("test/r2", "test R²", may_be_undefined=True),
+        Headline("test/r2_oracle", "oracle-counter R² (same test set)", may_be_undefined=True),
+        Headline("test/mae", "test MAE", _UNIT), Headline("test/mae_oracle", "oracle-counter MAE", _UNIT),
+        Headline("test/rmse", "test RMSE", _UNIT), Headline("test/mape", "test MAPE", "%"),
+        Headline("test/max_error", "test max error", _UNIT),
+    ),
+    progress_keys=("val/r2", "val/mae"),
+    hp_metrics=("test/r2", "test/mae", "test/rmse", "test/mape", "val/r2", "val/loss"),
+    models=("calib_seg.models.density.DensityCNN", "calib_seg.models.density.DensityResNet"),
+    datamodules=("DensityDataModule",),
+    losses=LOSSES,
+    required_keys=("task.target_transform", "task.loss", "task.optimizer"),
+    test_figures="calib_seg.callbacks.figures.density_figures",
+    prediction_writer="calib_seg.predict.write_density_predictions",
+    report_kind="density regression",
+    report_columns=(
+        ("job", "job"), ("experiment", "experiment"), ("batch", "batch"), ("filters", "filters"),
+        ("params", "params"), ("r2", "R²"), ("mse", "MSE"), ("mae", "MAE"), ("rmse", "RMSE"),
+        ("mape", "MAPE [%]"), ("max_error", "max error"), ("r2_oracle", "oracle R²"),
+        ("calibration", "calibration"), ("worst_level", "worst level"), ("worst_excess", "worst excess"),
+        ("quantification_range", "quantification range"),
+        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"),
+        ("peak_cuda_mb", "peak CUDA [MiB]"), ("status", "status"),
+    ),
+    report_sections="calib_seg.report.density_sections",
+    report_figures="calib_seg.report.density_figures",
+)
+
+
 class DensityRegressionTask(pl.LightningModule):
     """Regress bead density (beads/mm²) from an image.
 
@@ -72,6 +109,8 @@ class DensityRegressionTask(pl.LightningModule):
         normalize_input: standardise pixels with the training split's mean/std (stored in the checkpoint).
         scheduler_monitor: metric a plateau scheduler watches.
     """
+
+    spec = SPEC
 
     def __init__(
         self,

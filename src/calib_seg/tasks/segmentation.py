@@ -31,6 +31,7 @@ from torchmetrics.classification import (
 
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
 from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
+from calib_seg.tasks.spec import Headline, TaskSpec
 
 __all__ = ["SegmentationTask", "build_loss", "LOSSES"]
 
@@ -100,6 +101,35 @@ def _main_metrics(threshold: float, prefix: str) -> MetricCollection:
     )
 
 
+SPEC = TaskSpec(
+    name="segmentation",
+    target="calib_seg.tasks.segmentation.SegmentationTask",
+    optimized_metric="val/jaccard",
+    mode="max",
+    headline=(Headline("test/jaccard", "test Jaccard (foreground)"),
+              Headline("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"),
+              Headline("test/dice", "test Dice")),
+    progress_keys=("val/jaccard", "val/dice"),
+    hp_metrics=("test/jaccard", "test/dice", "val/jaccard", "val/loss"),
+    models=("calib_seg.models.unet.UNet", "calib_seg.models.unet.AttentionUNet",
+            "calib_seg.models.unet.AttentionResUNet", "calib_seg.models.smp_factory.build_smp"),
+    datamodules=("SegmentationDataModule",),
+    losses=LOSSES,
+    required_keys=("task.loss", "task.threshold", "task.optimizer"),
+    test_figures="calib_seg.callbacks.figures.segmentation_figures",
+    prediction_writer="calib_seg.predict.write_segmentation_predictions",
+    report_kind="segmentation (HPO)",
+    report_columns=(
+        ("job", "job"), ("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
+        ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
+        ("jaccard_all_foreground", "all-fg Jaccard"), ("dice", "test Dice"), ("best_epoch", "epochs to best"),
+        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"), ("status", "status"),
+    ),
+    report_sections="calib_seg.report.segmentation_sections",
+    report_figures="calib_seg.report.segmentation_figures",
+)
+
+
 class SegmentationTask(pl.LightningModule):
     """Binary segmentation with a model that outputs one logit channel.
 
@@ -124,6 +154,8 @@ class SegmentationTask(pl.LightningModule):
     Load a checkpoint with ``SegmentationTask.load_from_checkpoint(path, model=<same architecture>)``: the model
     is not stored in the hyperparameters, its weights are in the state dict.
     """
+
+    spec = SPEC
 
     def __init__(
         self,
