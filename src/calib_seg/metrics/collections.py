@@ -32,8 +32,8 @@ def density_metrics(stage: str) -> dict[str, Metric]:
         "mape": PercentMAPE(),
         "max_error": MaxAbsoluteError(),
     }
-    if stage == "test":
-        metrics["per_dilution"] = PerLevelMAE("mae_dilution_{:g}x")
+    if stage == "test":  # member names sort alphabetically; this one after "rmse", as the names were logged
+        metrics["stratified_mae"] = PerLevelMAE("mae_dilution_{:g}x")
     return metrics
 
 
@@ -45,7 +45,8 @@ def segmentation_metrics(stage: str, threshold: float = 0.5, thresholds_curve: S
         "dice": BinaryF1Score(threshold=threshold),
         "precision": BinaryPrecision(threshold=threshold),
         "recall": BinaryRecall(threshold=threshold),
-        "curve": JaccardCurve(thresholds_curve if stage == "test" else ()),
+        # sorts after "recall": the baseline and curve are logged after the headline metrics, as before
+        "threshold_curve": JaccardCurve(thresholds_curve if stage == "test" else ()),
     }
 
 
