@@ -22,14 +22,9 @@ from PIL import Image
 from calib_seg.train import run
 from conftest import REPO, compose_run_cfg
 
-# experiment=mito_quick at toy size; whole 128 px test images go through the tiled path (64 px tiles)
-SEG_TINY = ["experiment=mito_quick", "data.source.n_train=4", "data.source.n_val=1", "data.source.n_test=2",
-            "data.source.height=128", "data.source.width=128", "data.patch_size=64", "data.patches_per_epoch=64",
-            "data.batch_size=8", "model.base_filters=8", "model.depth=2", "task.tile_size=64",
-            "task.tile_overlap=16", "task.loss=focal_dice", "task.optimizer.lr=3e-3", "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false", "logger=none", "torch_threads=1",
-            # 2 toy epochs learn next to nothing: without this the guard's final check (rightly) records "aborted"
-            "callbacks.guard.jaccard_margin=null"]
+# experiment=mito_quick at toy size (conf/debug/tiny_mito.yaml): 2 epochs on four 128 px images, a depth-2 U-Net;
+# whole test images go through the tiled path (64 px tiles); the guard's Jaccard-margin final rule is off
+SEG_TINY = ["experiment=mito_quick", "debug=tiny_mito"]
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -83,7 +78,7 @@ def test_evaluate_reproduces_the_segmentation_test_metrics_from_the_checkpoint(c
 
 def test_predict_writes_masks_whose_jaccard_is_the_test_steps_and_keeps_stacks_as_stacks(cli_run, tmp_path):
     """The run's test images (128 px, larger than the 64 px patch: tiled) as PNG files and as one TIFF stack."""
-    from calib_seg.data.mito_synth import MitoSynthSource
+    from calib_seg.data.sources.mito_synth import MitoSynthSource
 
     run_cfg = OmegaConf.load(cli_run / ".hydra" / "config.yaml")
     test = MitoSynthSource(**{k: v for k, v in OmegaConf.to_container(run_cfg.data.source).items()
