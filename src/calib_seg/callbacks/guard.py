@@ -19,13 +19,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from calib_seg.callbacks.preflight import judge, measure, preserved_rng
 from calib_seg.cli import FILE_ONLY
+from calib_seg.metrics.functional import spread_stats  # the collapse rule's inputs, from the metrics room
 
 log = logging.getLogger("calib_seg.guard")
 
@@ -35,16 +35,6 @@ __all__ = ["GuardRules", "TrainingGuard", "check", "final_check", "spread_stats"
 def _fmt(x: float) -> str:
     """Short numbers for messages: 4 significant digits, scientific only when needed."""
     return f"{x:.4g}"
-
-
-def spread_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Std (ddof=0) and max-min range of validation predictions and targets (the collapse rule's inputs)."""
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    if pred.size < 2 or target.size < 2:
-        return {}
-    return {"pred_std": float(pred.std()), "target_std": float(target.std()),
-            "pred_range": float(np.ptp(pred)), "target_range": float(np.ptp(target))}
 
 
 def _metric_gain(history: Sequence[Mapping[str, float]], key: str) -> float:

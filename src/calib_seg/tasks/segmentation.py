@@ -21,14 +21,8 @@ import pytorch_lightning as pl
 import torch
 from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
 
+from calib_seg.metrics.collections import log_stage, stage_metrics
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
 from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
 from calib_seg.tasks.spec import Headline, TaskSpec
@@ -87,18 +81,6 @@ def _describe(factory: Callable[..., Any] | None) -> str | None:
 
 def _default_optimizer(params):
     return torch.optim.Adam(params, lr=1e-3)
-
-
-def _main_metrics(threshold: float, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "jaccard": BinaryJaccardIndex(threshold=threshold),
-            "dice": BinaryF1Score(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
-        },
-        prefix=prefix,
-    )
 
 
 SPEC = TaskSpec(
@@ -198,15 +180,10 @@ class SegmentationTask(pl.LightningModule):
         self.postprocess = make_postprocess(postprocess, self.threshold)
         self.hparams["postprocess"] = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
 
-        self.val_metrics = _main_metrics(self.threshold, "val/")
-        self.test_metrics = _main_metrics(self.threshold, "test/")
-        # The all-foreground baseline is a Jaccard of a constant "1" prediction against the same masks.
-        self.val_baseline = BinaryJaccardIndex(threshold=self.threshold)
-        self.test_baseline = BinaryJaccardIndex(threshold=self.threshold)
-        # One Jaccard per curve threshold. Inputs were already validated by test_metrics, so skip re-validation.
-        self.test_curve = nn.ModuleList(
-            BinaryJaccardIndex(threshold=t, validate_args=False) for t in self.thresholds_curve
-        )
+        # headline metrics at `threshold`, the all-foreground baseline and (test) the Jaccard-vs-threshold curve
+        self.val_metrics = stage_metrics("segmentation", "val", threshold=self.threshold)
+        self.test_metrics = stage_metrics("segmentation", "test", threshold=self.threshold,
+                                          thresholds_curve=self.thresholds_curve)
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,34 +246,24 @@ class SegmentationTask(pl.LightningModule):
             logits = self.predict_logits(images)
             probs = torch.sigmoid(logits)  # metrics get probabilities, never logits
         loss = self.loss_fn(logits, masks)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        baseline = self.val_baseline if stage == "val" else self.test_baseline
-        metrics.update(probs, masks)
-        baseline.update(torch.ones_like(probs), masks)
+        (self.val_metrics if stage == "val" else self.test_metrics).update(probs, masks)
         n = images.shape[0]
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}/jaccard_all_foreground", baseline, on_step=False, on_epoch=True, batch_size=n)
         return probs, masks
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probs, masks = self._eval_step(batch, "test")
-        for metric in self.test_curve:
-            metric.update(probs, masks)
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        log_stage(self, self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        # Computed here (not via self.log(metric)) because best_threshold needs all curve values together.
-        values = torch.stack([m.compute() for m in self.test_curve])
-        for t, v in zip(self.thresholds_curve, values):
-            self.log(f"test/jaccard_t{t:.2f}", v)
-        self.log("test/best_threshold", torch.tensor(self.thresholds_curve[int(values.argmax())]))
-        for m in self.test_curve:
-            m.reset()
+        log_stage(self, self.test_metrics)
 
     def predict_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
         images = batch["image"] if isinstance(batch, dict) else batch
@@ -348,7 +315,8 @@ class SegmentationTask(pl.LightningModule):
             )
         for c in self.thresholds_curve:
             defs[f"test/jaccard_t{c:.2f}"] = (
-                f"BinaryJaccardIndex(threshold={c}) on sigmoid probabilities, test set"
+                f"foreground Jaccard of sigmoid probabilities > {c}, test set (JaccardCurve: one count state for "
+                "every threshold, BinaryJaccardIndex's arithmetic)"
             )
         if self.inference_extras:
             defs["test/jaccard"] += f"; test probabilities: {self.inference_extras}"
