@@ -2,7 +2,7 @@
 
 Readers raise plain ``ValueError`` / ``FileNotFoundError`` naming the file (docs/CONVENTIONS.md). Inside
 :func:`input_errors` -- the stages of an entry point that read what the user pointed at (data folders,
-checkpoints, output paths) -- those become :class:`InputError`, which ``resume.clean_exit`` prints as one
+checkpoints, output paths) -- those become :class:`InputError`, which ``lifecycle.clean_exit`` prints as one
 message (exit 2, no traceback). Anything else, or the same types raised while building or training a model,
 stays a traceback: that is a bug. ``HYDRA_FULL_ERROR=1`` shows the traceback of an input error too.
 """

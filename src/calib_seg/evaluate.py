@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,9 @@ from calib_seg.callbacks.figures import RunFigures
 from calib_seg.checkpoints import load_run_config, load_task, run_dir_of  # noqa: F401  (public here before)
 from calib_seg.cli import launch, quiet_known_noise
 from calib_seg.errors import input_errors
-from calib_seg.records import (
-    describe_run,
-    new_record,
-    peak_memory_mb,
-    provenance,
-    read_record,
-    resolved_config,
-    write_record,
-)
+from calib_seg.lifecycle import RunRecorder, clean_exit
+from calib_seg.records import read_record, resolved_config
+from calib_seg.tasks.spec import spec_of
 
 log = logging.getLogger("calib_seg.evaluate")
 
@@ -56,54 +49,40 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
         use_run_data = not _data_overridden()
     data_cfg = run_cfg.data if use_run_data else cfg.data
     trained = read_record(run_dir_of(ckpt)) or {}
-    record = new_record(status="running", task=run_cfg.get("task_name"), run_dir=str(out_dir),
-                        choices=trained.get("choices"), optimized_metric=run_cfg.get("optimized_metric"))
-    record.update({"checkpoint": str(ckpt.resolve()), "trained_run_dir": str(run_dir_of(ckpt).resolve()),
-                   "trained_provenance": trained.get("provenance"), "split": cfg.get("split", "test")})
-    t0 = time.perf_counter()
-    task = datamodule = trainer = None
-    try:
+    rec = RunRecorder(out_dir, config=lambda: {
+        "evaluate": resolved_config(cfg), "data": OmegaConf.to_container(data_cfg),
+        "model": OmegaConf.to_container(run_cfg.model), "task": OmegaConf.to_container(run_cfg.task)},
+        status="running", task=run_cfg.get("task_name"), choices=trained.get("choices"),
+        optimized_metric=run_cfg.get("optimized_metric"))
+    rec.record.update({"checkpoint": str(ckpt.resolve()), "trained_run_dir": str(run_dir_of(ckpt).resolve()),
+                       "trained_provenance": trained.get("provenance"), "split": cfg.get("split", "test")})
+    with rec:
         pl.seed_everything(cfg.seed, workers=True)
         with input_errors():
-            task = load_task(ckpt, run_cfg)
+            rec.task = task = load_task(ckpt, run_cfg)
             datamodule = instantiate(data_cfg)
             datamodule.setup(None)
+        rec.datamodule = datamodule
         if cfg.get("split", "test") == "all":
             _test_on_everything(datamodule)
         loggers = [lg for lg in (instantiate(n) for n in (cfg.get("logger") or {}).values() if n) if lg]
         figures = RunFigures(dirpath=str(out_dir / "figures"), title=f"evaluate {run_cfg.get('run_name', '')}",
                              calibration=cfg.get("calibration"))
-        trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=loggers or False,
-                             callbacks=[figures], default_root_dir=str(out_dir), enable_checkpointing=False,
-                             enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", False)),
-                             enable_model_summary=False)
+        rec.trainer = trainer = pl.Trainer(
+            accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=loggers or False,
+            callbacks=[figures], default_root_dir=str(out_dir), enable_checkpointing=False,
+            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", False)), enable_model_summary=False)
         results = trainer.test(task, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if hasattr(datamodule, "reference_metrics") and cfg.get("split", "test") == "test":
             metrics.update(datamodule.reference_metrics("test"))
-        record.update({"status": "evaluated", "metrics": metrics, "test_metrics": metrics,
-                       "wall_time_s": time.perf_counter() - t0})
+        rec.record.update({"status": "evaluated", "metrics": metrics, "test_metrics": metrics,
+                           "wall_time_s": rec.elapsed()})
         if getattr(task, "last_test", None):  # density: test_predictions.csv + the calibration verdict
             from calib_seg.metrics.predictions import run_calibration
 
-            record["calibration"] = run_calibration(task, datamodule, cfg.get("calibration"), out_dir)
-    except Exception as exc:
-        import traceback
-
-        from calib_seg.resume import failure_reason
-
-        record.update({"status": "failed", "reason": failure_reason(exc),
-                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0})
-        raise
-    finally:
-
-        record.update(peak_memory_mb())
-        describe_run(record, task, datamodule, trainer)
-        record["provenance"] = provenance(out_dir)
-        record["config"] = {"evaluate": resolved_config(cfg), "data": OmegaConf.to_container(data_cfg),
-                            "model": OmegaConf.to_container(run_cfg.model), "task": OmegaConf.to_container(run_cfg.task)}
-        write_record(out_dir, record)
-    return record
+            rec.record["calibration"] = run_calibration(task, datamodule, cfg.get("calibration"), out_dir)
+    return rec.record
 
 
 def _test_on_everything(datamodule: Any) -> None:
@@ -117,7 +96,6 @@ def _test_on_everything(datamodule: Any) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    from calib_seg.resume import clean_exit
     from calib_seg.validation import require
 
     quiet_known_noise()
@@ -126,8 +104,9 @@ def main(cfg: DictConfig) -> None:
                                    "ckpt_path=outputs/density/<run>/checkpoints/best-epoch012.ckpt"})
         record = evaluate(cfg)
     m = record["metrics"] or {}
-    shown = {k: round(v, 4) for k, v in m.items() if k in ("test/r2", "test/mae", "test/rmse", "test/jaccard",
-                                                           "test/dice", "test/r2_oracle")}
+    spec = spec_of(record)
+    keys = spec.headline_keys() if spec is not None else ()
+    shown = {k: round(m[k], 4) for k in keys if isinstance(m.get(k), float)}
     print(f"evaluated {cfg.ckpt_path}: {shown}\nrecord: {Path(cfg.paths.output_dir) / 'run.json'}")
     if record.get("calibration"):
         from calib_seg.metrics.calibration import summary_text

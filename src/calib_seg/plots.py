@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from calib_seg.metrics.functional import binary_jaccard  # noqa: E402
+
 DENSITY_UNIT = "beads/mm²"
 
 
@@ -215,8 +217,7 @@ def segmentation_overlays(images: Sequence[np.ndarray], masks: Sequence[np.ndarr
     for i, (img, msk, prb) in enumerate(zip(images, masks, probs)):
         pred = prb >= threshold
         truth = msk > 0.5
-        union = np.logical_or(pred, truth).sum()
-        jac = float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+        jac = binary_jaccard(pred, truth)
         axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[i, 0].set_title(f"test image {i}", fontsize=9)
         axes[i, 1].imshow(img, cmap="gray", vmin=0, vmax=1)

@@ -227,11 +227,22 @@ def predict(cfg: DictConfig) -> Path:
         bit, pixel = camera_facts(cfg, run_cfg)
         out = Path(cfg.output)
         refuse_existing_output(out, bool(cfg.get("overwrite", False)), hint="choose a new output or pass overwrite=true")
-    if hasattr(task, "predict_proba"):
-        patch = (run_cfg.get("data") or {}).get("patch_size")
-        predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),
-                             bool(cfg.get("save_probabilities", False)), bit)
-        return out
+    write = task.spec.resolve("prediction_writer")  # the task's descriptor names how its outputs are written
+    return write(task, cfg, run_cfg, files, bit, pixel, out)
+
+
+def write_segmentation_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, files: list[Path],
+                                   bit: int | None, pixel: float | None, out: Path) -> Path:
+    """Masks (and optionally probabilities) of every input into the folder ``out``; returns ``out``."""
+    patch = (run_cfg.get("data") or {}).get("patch_size")
+    predict_segmentation(task, files, out, patch, cfg.get("mask_format", "tif"),
+                         bool(cfg.get("save_probabilities", False)), bit)
+    return out
+
+
+def write_density_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, files: list[Path],
+                              bit: int | None, pixel: float | None, out: Path) -> Path:
+    """The density CSV (``out`` or ``out/predictions.csv``), with the calibration verdict when labels are known."""
     csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
     rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)))
     if known_labels(Path(cfg.input), rows):  # labels known: the calibration verdict, as for a test set
@@ -247,7 +258,7 @@ def predict(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    from calib_seg.resume import clean_exit
+    from calib_seg.lifecycle import clean_exit
     from calib_seg.validation import require
 
     quiet_known_noise()

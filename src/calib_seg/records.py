@@ -174,7 +174,11 @@ def time_per_epoch(callbacks: list[Any], fit_time: float, epochs: int) -> float:
 
 
 def describe_run(record: dict[str, Any], task: Any, datamodule: Any, trainer: Any) -> None:
-    """Fill params, device, metric definitions and data fingerprint where still unknown (never raises)."""
+    """Fill params, device, metric definitions and data fingerprint where still unknown (never raises).
+
+    ``datamodule`` must be one whose ``setup`` finished (or None): :class:`calib_seg.lifecycle.RunRecorder`
+    holds one only from then on.
+    """
     try:
         if task is not None:
             if record.get("params") is None:
@@ -186,10 +190,10 @@ def describe_run(record: dict[str, Any], task: Any, datamodule: Any, trainer: An
             if record.get("device") is None:
                 n = getattr(trainer, "num_devices", 1) if trainer is not None else 1
                 record["device"] = str(task.device) if n == 1 else f"{n}x{task.device.type}"
-        # only a datamodule that already holds its data: re-loading it here could raise the error again
+        # callers pass only a datamodule that already holds its data (set up without error): re-loading it here
+        # could raise the error again
         if record.get("data_fingerprint") is None and datamodule is not None and hasattr(datamodule, "fingerprint"):
-            if getattr(datamodule, "beads", True) is not None:
-                record["data_fingerprint"] = datamodule.fingerprint()
+            record["data_fingerprint"] = datamodule.fingerprint()
     except Exception as exc:  # noqa: BLE001  (the record must still be written)
         log.warning("could not describe the run fully: %s: %s", type(exc).__name__, exc)
 

@@ -22,6 +22,7 @@ from typing import Any
 from calib_seg.callbacks.history import read_history
 from calib_seg.fileio import atomic_write_text
 from calib_seg.records import RECORD_NAME, read_record
+from calib_seg.tasks.spec import TaskSpec, all_specs, spec_of
 
 FIG_DIR = "report_figures"
 _DIL = re.compile(r"^test/mae_dilution_(.+)x$")
@@ -110,6 +111,7 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
             "per_dilution_mae": {float(mm.group(1)): float(v) for k, v in m.items()
                                  if (mm := _DIL.match(k)) and _num(v) is not None},
             **calibration_fields(rec.get("calibration")),
+            "spec": spec_of(rec),  # the task descriptor (not a column)
         }
         rows.append(row)
     return _short_job_names(rows)
@@ -147,9 +149,10 @@ def _short_job_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def is_segmentation(rows: Sequence[dict[str, Any]]) -> bool:
-    """A sweep is segmentation when its records optimise Jaccard (else density)."""
-    return any(r.get("optimized_metric") == "val/jaccard" or r.get("jaccard") is not None for r in rows)
+def sweep_spec(rows: Sequence[dict[str, Any]]) -> TaskSpec:
+    """The task descriptor of a sweep: that of its first job with a known task (density when none is known)."""
+    spec = next((r["spec"] for r in rows if r.get("spec") is not None), None)
+    return spec or all_specs()["density"]
 
 
 def provenance_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -191,19 +194,6 @@ def md_table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]) ->
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k)).replace("|", "/") for k, _ in cols) + " |")
     return "\n".join(lines)
-
-
-DENSITY_COLS = [("job", "job"), ("experiment", "experiment"), ("batch", "batch"), ("filters", "filters"),
-                ("params", "params"), ("r2", "R²"), ("mse", "MSE"), ("mae", "MAE"), ("rmse", "RMSE"),
-                ("mape", "MAPE [%]"), ("max_error", "max error"), ("r2_oracle", "oracle R²"),
-                ("calibration", "calibration"), ("worst_level", "worst level"), ("worst_excess", "worst excess"),
-                ("quantification_range", "quantification range"),
-                ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"),
-                ("peak_cuda_mb", "peak CUDA [MiB]"), ("status", "status")]
-SEG_COLS = [("job", "job"), ("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
-            ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
-            ("jaccard_all_foreground", "all-fg Jaccard"), ("dice", "test Dice"), ("best_epoch", "epochs to best"),
-            ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"), ("status", "status")]
 
 
 def best_per_arch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -248,7 +238,7 @@ def _best_density_job(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    keys = [k for k in rows[0] if k not in ("dir", "per_dilution_mae")] if rows else ["job"]
+    keys = [k for k in rows[0] if k not in ("dir", "per_dilution_mae", "spec")] if rows else ["job"]
     dil = sorted({d for r in rows for d in (r.get("per_dilution_mae") or {})})
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -260,38 +250,68 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def _figures(sweep: Path, rows: list[dict[str, Any]], seg: bool) -> list[tuple[str, str]]:
+def _figures(sweep: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> list[tuple[str, str]]:
     from calib_seg import plots
 
     out: list[tuple[str, str]] = []
     fig_dir = sweep / FIG_DIR
-    title = sweep.name
     have = [r for r in rows if r["status"] != "missing"]
 
     def save(fig: Any, name: str, caption: str) -> None:
         plots.save_figure(fig, fig_dir / f"{name}.png")
         out.append((caption, f"{FIG_DIR}/{name}.png"))
 
-    def label(r: dict[str, Any]) -> str:
-        return f"{r['job'].split('_', 1)[0]}:{r.get('experiment') or r.get('arch')}"
-
-    if seg:
-        pts = [{"arch": r.get("arch"), "lr": r.get("lr"), "batch": r.get("batch"), "score": r.get("best_val")}
-               for r in have if r.get("best_val") is not None]
-        if pts:
-            save(plots.lr_vs_score(pts, title), "lr_vs_jaccard", "Learning rate vs best validation Jaccard")
-    else:
-        pts = [{"label": label(r), "params": r.get("params"), "r2": r.get("r2"), "mae": r.get("mae")} for r in have]
-        if any(p["params"] and (p["r2"] is not None or p["mae"] is not None) for p in pts):
-            save(plots.capacity_plot(pts, title), "capacity", "Test R² and MAE vs model capacity")
-        per = {label(r): r["per_dilution_mae"] for r in have if r.get("per_dilution_mae")}
-        if per:
-            save(plots.per_dilution_mae_plot(per, title), "per_dilution_mae", "Per-dilution test MAE per run")
-    hist = {label(r): h for r in have if (h := read_history(r["dir"]))}
+    spec.resolve("report_figures")(have, sweep.name, save)
+    hist = {_label(r): h for r in have if (h := read_history(r["dir"]))}
     if hist:
-        score = "val/jaccard" if seg else "val/r2"
-        save(plots.curves_grid(hist, title, score), "training_curves", "Training curves of every job")
+        save(plots.curves_grid(hist, sweep.name, spec.optimized_metric), "training_curves",
+             "Training curves of every job")
     return out
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['job'].split('_', 1)[0]}:{r.get('experiment') or r.get('arch')}"
+
+
+def segmentation_figures(have: list[dict[str, Any]], title: str, save: Any) -> None:
+    """Learning rate vs best validation score of the jobs (``save(fig, name, caption)`` keeps each figure)."""
+    from calib_seg import plots
+
+    pts = [{"arch": r.get("arch"), "lr": r.get("lr"), "batch": r.get("batch"), "score": r.get("best_val")}
+           for r in have if r.get("best_val") is not None]
+    if pts:
+        save(plots.lr_vs_score(pts, title), "lr_vs_jaccard", "Learning rate vs best validation Jaccard")
+
+
+def density_figures(have: list[dict[str, Any]], title: str, save: Any) -> None:
+    """Capacity (test R² and MAE vs parameters) and per-dilution MAE of the jobs."""
+    from calib_seg import plots
+
+    pts = [{"label": _label(r), "params": r.get("params"), "r2": r.get("r2"), "mae": r.get("mae")} for r in have]
+    if any(p["params"] and (p["r2"] is not None or p["mae"] is not None) for p in pts):
+        save(plots.capacity_plot(pts, title), "capacity", "Test R² and MAE vs model capacity")
+    per = {_label(r): r["per_dilution_mae"] for r in have if r.get("per_dilution_mae")}
+    if per:
+        save(plots.per_dilution_mae_plot(per, title), "per_dilution_mae", "Per-dilution test MAE per run")
+
+
+def segmentation_sections(rows: Sequence[dict[str, Any]], spec: TaskSpec) -> list[str]:
+    """Best configuration per architecture, then every job."""
+    return ["## Best configuration per architecture", "",
+            md_table(best_per_arch(rows), [("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
+                                           ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
+                                           ("time_s", "time [s]"), ("best_epoch", "epochs to best"),
+                                           ("job", "job")]), "",
+            f"## All jobs ({len(rows)})", "", md_table(rows, spec.report_columns), ""]
+
+
+def density_sections(rows: Sequence[dict[str, Any]], spec: TaskSpec) -> list[str]:
+    """The best (calibrated) job, then every job with its calibration verdict."""
+    return [*_best_density_job(rows), f"## All jobs ({len(rows)})", "",
+            "Test-set metrics in beads/mm² (MAPE in %), on the best checkpoint; oracle R² is a perfect counter "
+            "on the same test images (the Poisson floor). Calibration: the per-level verdict against the "
+            "counting-statistics floor (docs/calibration.md); worst excess = the worst level's MAE / floor.", "",
+            md_table(rows, spec.report_columns), ""]
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -301,12 +321,12 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep folder {sweep} does not exist")
     rows = collect(sweep)
-    seg = is_segmentation(rows)
+    spec = sweep_spec(rows)
     expected = expected_jobs(sweep)
     done = [r for r in rows if r["status"] != "missing"]
     md = [f"# Sweep report: `{sweep.name}`", "",
           f"Folder: `{sweep.resolve()}`  ",
-          f"Kind: {'segmentation (HPO)' if seg else 'density regression'}; "
+          f"Kind: {spec.report_kind}; "
           f"{len(done)} job(s) with a record, {len(rows) - len(done)} job folder(s) without one"
           + (f", {expected} job(s) launched" if expected is not None else "") + ".", ""]
 
@@ -326,20 +346,7 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
             md.append(f"- {absent} launched job(s) have no folder yet")
         md.append("")
 
-    if seg:
-        md += ["## Best configuration per architecture", "",
-               md_table(best_per_arch(rows), [("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
-                                              ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
-                                              ("time_s", "time [s]"), ("best_epoch", "epochs to best"),
-                                              ("job", "job")]), "",
-               f"## All jobs ({len(rows)})", "", md_table(rows, SEG_COLS), ""]
-    else:
-        md += _best_density_job(rows)
-        md += [f"## All jobs ({len(rows)})", "",
-               "Test-set metrics in beads/mm² (MAPE in %), on the best checkpoint; oracle R² is a perfect counter "
-               "on the same test images (the Poisson floor). Calibration: the per-level verdict against the "
-               "counting-statistics floor (docs/calibration.md); worst excess = the worst level's MAE / floor.", "",
-               md_table(rows, DENSITY_COLS), ""]
+    md += spec.resolve("report_sections")(rows, spec)
 
     bad = [r for r in rows if r["status"] in ("aborted", "failed")]
     md += ["## Aborted and failed jobs", ""]
@@ -347,7 +354,7 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
     md.append("")
 
     if figures:
-        figs = _figures(sweep, rows, seg)
+        figs = _figures(sweep, rows, spec)
         if figs:
             md += ["## Figures", ""] + [f"### {c}\n\n![{c}]({p})\n" for c, p in figs]
     text = "\n".join(md).rstrip() + "\n"

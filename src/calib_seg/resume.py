@@ -1,7 +1,8 @@
-"""Start, stop and resume runs safely: config check before anything is built, honest records for interrupted
-runs, skipping completed jobs when a sweep is re-run with ``+resume=true``.
+"""Resume runs safely: never train over a finished run, skip completed jobs when a sweep is re-run with
+``+resume=true``, continue from ``last.ckpt``, and say how to resume an interrupted run.
 
-Called from :func:`calib_seg.train.run` / ``main``; user-facing description in docs/reliability.md.
+Called from :func:`calib_seg.train.run`; the record and exit codes of an interrupted run are
+:mod:`calib_seg.lifecycle`'s; user-facing description in docs/reliability.md.
 
 - ``+resume=true`` in a run folder that already holds a *completed* or *aborted* ``run.json`` returns that
   record without training (a re-run sweep hands the sweeper the recorded metric, NaN for an abort); any other
@@ -15,25 +16,18 @@ Called from :func:`calib_seg.train.run` / ``main``; user-facing description in d
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from calib_seg.errors import InputError
-from calib_seg.records import new_record, provenance, read_record, write_record
-from calib_seg.validation import ConfigError, validate
+from calib_seg.records import read_record
 
 log = logging.getLogger("calib_seg.resume")
-
-#: exit status of a run stopped by a bad config (like argparse), SIGTERM (128+15) and Ctrl-C (128+2)
-EXIT_CONFIG, EXIT_SIGTERM, EXIT_SIGINT = 2, 143, 130
 
 
 class RunFolderTaken(FileExistsError):
@@ -55,25 +49,6 @@ def refuse_overwrite(cfg: DictConfig, out_dir: Path) -> None:
             "Use a new folder (leave hydra.run.dir / hydra.sweep.dir unset), resume it with ckpt_path=last, or "
             "re-run a sweep with +resume=true to skip its completed jobs"
         )
-
-
-def check_config(cfg: DictConfig, out_dir: Path) -> None:
-    """:func:`~calib_seg.validation.validate` ``cfg``; on error write a ``failed`` run.json and re-raise.
-
-    The record makes sure a folder left by a rejected config is never taken for a result (report.py and
-    sweep resume read run.json).
-    """
-    try:
-        validate(cfg)
-    except ConfigError as exc:
-        from calib_seg.records import resolved_config
-
-        record = new_record(status="failed", reason=f"ConfigError: {exc}", run_dir=str(out_dir),
-                            task=cfg.get("task_name"), optimized_metric=cfg.get("optimized_metric"), epochs=0)
-        record["provenance"] = provenance(out_dir)
-        record["config"] = resolved_config(cfg)
-        write_record(out_dir, record)
-        raise
 
 
 def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
@@ -98,11 +73,11 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> str | None:
     return str(last) if last.exists() else None
 
 
-def _is_sigterm(exc: BaseException) -> bool:
+def is_sigterm(exc: BaseException) -> bool:
     return type(exc).__name__ == "SIGTERMException"  # pytorch_lightning.utilities.exceptions
 
 
-def _is_ctrl_c(exc: BaseException) -> bool:
+def is_ctrl_c(exc: BaseException) -> bool:
     """Ctrl-C, raw or as Lightning reports it (``sys.exit(1)`` while handling the KeyboardInterrupt)."""
     return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1
                                                   and isinstance(exc.__context__, KeyboardInterrupt))
@@ -111,9 +86,9 @@ def _is_ctrl_c(exc: BaseException) -> bool:
 def failure_reason(exc: BaseException, out_dir: Path | str | None = None) -> str:
     """The ``reason`` of a failed run; interruptions say how to resume."""
     how = f" -- resume with ckpt_path=last hydra.run.dir={out_dir}" if out_dir is not None else ""
-    if _is_sigterm(exc):
+    if is_sigterm(exc):
         return f"interrupted: SIGTERM received, stopped at the next batch boundary{how}"
-    if _is_ctrl_c(exc):
+    if is_ctrl_c(exc):
         return f"interrupted: Ctrl-C (KeyboardInterrupt){how}"
     if isinstance(exc, InputError):
         return f"{exc.kind}: {exc}"
@@ -139,49 +114,3 @@ def resume_command(cfg: DictConfig | None) -> str | None:
         keep = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "ckpt_path=", "hydra.mode="))]
         tail = ["ckpt_path=last", f"hydra.run.dir={Path(cfg.paths.output_dir).resolve()}"]
     return " ".join(["python -m calib_seg.train", *map(shlex.quote, [*keep, *tail])])
-
-
-def _say_interrupted(what: str, cfg: DictConfig | None) -> None:
-    command = resume_command(cfg)
-    hint = f"; continue with:\n  {command}" if command else " (resume with ckpt_path=last)"
-    _say(f"run interrupted by {what}; its run.json says failed{hint}")
-
-
-def _say(text: str) -> None:
-    """On the console (stderr) and in the run's log file."""
-    from calib_seg.cli import to_log
-
-    to_log(text)
-    print(text, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def clean_exit(cfg: DictConfig | None = None) -> Iterator[None]:
-    """Turn a bad config or input into one short message + exit 2, and an interruption into exit 143 / 130.
-
-    An interruption prints the command that resumes ``cfg``'s run. (Lightning's SIGTERMException is a
-    SystemExit without a code, i.e. exit status 0, and Ctrl-C inside fit becomes ``sys.exit(1)``; a scheduler
-    must not read a killed job as a success, and docs/reliability.md promises 130 for Ctrl-C.)
-    ``HYDRA_FULL_ERROR=1`` keeps the traceback of a bad input.
-    """
-    try:
-        yield
-    except ConfigError as exc:
-        _say(f"config error: {exc}")
-        raise SystemExit(EXIT_CONFIG) from None
-    except (RunFolderTaken, InputError) as exc:
-        if isinstance(exc, InputError) and os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        _say(f"error: {exc}")
-        raise SystemExit(EXIT_CONFIG) from None
-    except SystemExit as exc:
-        if _is_sigterm(exc):
-            _say_interrupted("SIGTERM", cfg)
-            raise SystemExit(EXIT_SIGTERM) from None
-        if _is_ctrl_c(exc):
-            _say_interrupted("Ctrl-C", cfg)
-            raise SystemExit(EXIT_SIGINT) from None
-        raise
-    except KeyboardInterrupt:
-        _say_interrupted("Ctrl-C", cfg)
-        raise SystemExit(EXIT_SIGINT) from None

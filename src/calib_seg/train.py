@@ -11,8 +11,6 @@ import logging
 import math
 import os
 import sys
-import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,24 +30,10 @@ from calib_seg.callbacks.progress import with_progress_bar
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.cli import launch, quiet_known_noise, tee_to_log, to_log
 from calib_seg.errors import input_errors
-from calib_seg.records import (
-    describe_run,
-    new_record,
-    peak_memory_mb,
-    provenance,
-    resolved_config,
-    time_per_epoch,
-    val_summary,
-    write_record,
-)
-from calib_seg.resume import (
-    check_config,
-    clean_exit,
-    completed_record,
-    failure_reason,
-    refuse_overwrite,
-    resume_checkpoint,
-)
+from calib_seg.lifecycle import RunRecorder, check_config, clean_exit
+from calib_seg.records import peak_memory_mb, time_per_epoch, val_summary
+from calib_seg.resume import completed_record, refuse_overwrite, resume_checkpoint
+from calib_seg.tasks.spec import all_specs, spec_of
 
 log = logging.getLogger("calib_seg.train")
 
@@ -185,84 +169,92 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     done = completed_record(cfg, out_dir)  # resume=true: a job that already completed is not trained again
     if done is not None:
         return done
-    record = new_record(status="running", task=cfg.task_name, choices=key_choices(cfg), run_dir=str(out_dir),
-                        optimized_metric=cfg.optimized_metric)
-    # known before the try so a failed run can still record what it got to
-    datamodule = task = trainer = None
-    loggers: list[Any] = []
-    callbacks: list[Any] = []
-    t0 = time.perf_counter()
-    try:
+    with training_recorder(cfg, out_dir) as rec:
         pl.seed_everything(cfg.seed, workers=True)
         if cfg.get("torch_threads"):  # on a shared machine, fewer threads than cores avoids oversubscription
             torch.set_num_threads(int(cfg.torch_threads))
         with input_errors():  # read and check every file now: a bad folder is one message + exit 2 (clean_exit)
             datamodule = instantiate(cfg.data)
             datamodule.setup(None)
-        task = instantiate(cfg.task, model=instantiate(cfg.model))
-        loggers = instantiate_group(cfg.get("logger"))
-        callbacks = instantiate_group(cfg.get("callbacks"))
-        if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
-            callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
-        callbacks = with_progress_bar(callbacks, cfg.trainer.get("enable_progress_bar"))
+        rec.datamodule = datamodule
+        rec.task = task = instantiate(cfg.task, model=instantiate(cfg.model))
+        rec.loggers, rec.callbacks = loggers, callbacks = loggers_and_callbacks(cfg)
         pin_ddp_children(cfg)
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
+        rec.trainer = trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if cfg.get("train", True):
             ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
-        aborted = abort_reason(callbacks)
-        epochs = trainer.current_epoch
-        fit_time = time.perf_counter() - t0
-        # read before testing: trainer.test() replaces callback_metrics
-        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+        fit = fit_summary(trainer, callbacks, rec.elapsed())  # before testing: test() replaces callback_metrics
+        test_metrics = test_best(trainer, task, datamodule, callbacks) if cfg.get("test", True) and not fit["aborted"] else {}
+        rec.record.update(outcome(cfg, rec, fit, test_metrics))
+    return rec.record
 
-        test_metrics: dict[str, float] = {}
-        if cfg.get("test", True) and not aborted:
-            has_best = any(isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path for cb in callbacks)
-            results = trainer.test(task, datamodule=datamodule, ckpt_path="best" if has_best else None, verbose=False)
-            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-            if hasattr(datamodule, "reference_metrics"):
-                test_metrics.update(datamodule.reference_metrics("test"))
 
-        # a run that trained to its end but whose test numbers are no result (train=false only evaluates a model)
-        if cfg.get("train", True) and not aborted and test_metrics:
-            verdict = final_check(test_metrics, **final_rules(callbacks))
-            aborted = (f"aborted at epoch {epochs}: {verdict}", epochs) if verdict else None
-        b_epoch, b_score = best_epoch(callbacks)
-        if test_metrics:  # the second, independent verdict: never aborts, never changes the status
-            record["calibration"] = calibration_verdict(task, datamodule, cfg, out_dir, b_epoch)
-        record.update({
-            "status": "aborted" if aborted else "completed",
-            "reason": aborted[0] if aborted else None,
-            "aborted_epoch": aborted[1] if aborted else None,
-            "preflight": preflight_result(callbacks),
-            "optimized_metric": cfg.optimized_metric,
-            "best_val": b_score,
-            "best_epoch": b_epoch,
-            "epochs": epochs,
-            "metrics": {**val_metrics, **test_metrics},
-            **val_summary(callbacks, cfg.optimized_metric, b_epoch),
-            "test_metrics": test_metrics,
-            "wall_time_s": time.perf_counter() - t0,
-            "time_per_epoch_s": time_per_epoch(callbacks, fit_time, epochs),
-            **peak_memory_mb(),
-        })
-    except BaseException as exc:  # SIGTERM and Ctrl-C too: a killed run must not stay "running"
-        record.update({"status": "failed", "reason": failure_reason(exc, out_dir),
-                       "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0,
-                       "epochs": trainer.current_epoch if trainer is not None else 0,
-                       **val_summary(callbacks, cfg.optimized_metric, None), **peak_memory_mb()})
-        raise
-    finally:
-        # under DDP every rank runs this function on the same folder; metrics are synced, so rank 0 speaks for all
-        if rank_zero_only.rank == 0:
-            describe_run(record, task, datamodule, trainer)  # params, device, metric definitions, data
-            record["provenance"] = provenance(out_dir)
-            record["config"] = resolved_config(cfg)
-            write_record(out_dir, record)
-            log_outcome(loggers, record)  # HParams entry + outcome text in TensorBoard
-    return record
+def training_recorder(cfg: DictConfig, out_dir: Path) -> RunRecorder:
+    """The lifecycle of a training run's record: a failure records the epochs run and the validation history,
+    the written record also goes to TensorBoard (HParams entry + outcome text)."""
+    rec = RunRecorder(out_dir, cfg, resume_hint=True, status="running", task=cfg.task_name,
+                      choices=key_choices(cfg), optimized_metric=cfg.optimized_metric,
+                      failure_fields=lambda: {"epochs": rec.trainer.current_epoch if rec.trainer is not None else 0,
+                                              **val_summary(rec.callbacks, cfg.optimized_metric, None)},
+                      on_written=lambda record: log_outcome(rec.loggers, record))
+    return rec
+
+
+def loggers_and_callbacks(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
+    """The configured loggers and callbacks (no LR monitor without a logger; a 1-based progress bar if shown)."""
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # an LR monitor has nowhere to write without a logger (and Lightning refuses it)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
+    return loggers, with_progress_bar(callbacks, cfg.trainer.get("enable_progress_bar"))
+
+
+def fit_summary(trainer: pl.Trainer, callbacks: list[Any], fit_time: float) -> dict[str, Any]:
+    """What fit left: epochs, fit time, the guard's abort (reason, epoch) or None, the last val/train metrics."""
+    return {"aborted": abort_reason(callbacks), "epochs": trainer.current_epoch, "fit_time": fit_time,
+            "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith(("val/", "train/"))}}
+
+
+def test_best(trainer: pl.Trainer, task: Any, datamodule: Any, callbacks: list[Any]) -> dict[str, float]:
+    """Test metrics of the best checkpoint (the last weights without one), plus the data's reference metrics."""
+    has_best = any(isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path for cb in callbacks)
+    results = trainer.test(task, datamodule=datamodule, ckpt_path="best" if has_best else None, verbose=False)
+    test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if hasattr(datamodule, "reference_metrics"):
+        test_metrics.update(datamodule.reference_metrics("test"))
+    return test_metrics
+
+
+def outcome(cfg: DictConfig, rec: RunRecorder, fit: dict[str, Any], test_metrics: dict[str, float]) -> dict[str, Any]:
+    """The record fields of a run that ended without an error: status (completed or aborted), the numbers, and
+    the calibration verdict. The final check judges runs that trained (train=false only evaluates a model)."""
+    callbacks, epochs, aborted = rec.callbacks, fit["epochs"], fit["aborted"]
+    if cfg.get("train", True) and not aborted and test_metrics:
+        verdict = final_check(test_metrics, **final_rules(callbacks))
+        aborted = (f"aborted at epoch {epochs}: {verdict}", epochs) if verdict else None
+    b_epoch, b_score = best_epoch(callbacks)
+    fields: dict[str, Any] = {}
+    if test_metrics:  # the second, independent verdict: never aborts, never changes the status
+        fields["calibration"] = calibration_verdict(rec.task, rec.datamodule, cfg, rec.out_dir, b_epoch)
+    return {
+        **fields,
+        "status": "aborted" if aborted else "completed",
+        "reason": aborted[0] if aborted else None,
+        "aborted_epoch": aborted[1] if aborted else None,
+        "preflight": preflight_result(callbacks),
+        "optimized_metric": cfg.optimized_metric,
+        "best_val": b_score,
+        "best_epoch": b_epoch,
+        "epochs": epochs,
+        "metrics": {**fit["val_metrics"], **test_metrics},
+        **val_summary(callbacks, cfg.optimized_metric, b_epoch),
+        "test_metrics": test_metrics,
+        "wall_time_s": rec.elapsed(),
+        "time_per_epoch_s": time_per_epoch(callbacks, fit["fit_time"], epochs),
+        **peak_memory_mb(),
+    }
 
 
 def calibration_verdict(task: Any, datamodule: Any, cfg: DictConfig, out_dir: Path,
@@ -291,18 +283,15 @@ def print_summary(record: dict[str, Any]) -> None:
     table = Table(title=f"{record['task']} run: {record['status']}  ({record['run_dir']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("test/r2", "test R²"), ("test/r2_oracle", "oracle-counter R² (same test set)"),
-            ("test/mae", "test MAE [beads/mm²]"), ("test/mae_oracle", "oracle-counter MAE [beads/mm²]"),
-            ("test/rmse", "test RMSE [beads/mm²]"), ("test/mape", "test MAPE [%]"),
-            ("test/max_error", "test max error [beads/mm²]"), ("test/jaccard", "test Jaccard (foreground)"),
-            ("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"), ("test/dice", "test Dice")]
+    spec = spec_of(record)
+    headline = spec.headline if spec else [h for s in all_specs().values() for h in s.headline]
     one_level = len((record.get("calibration") or {}).get("levels") or []) == 1
-    for key, label in rows:
-        value = m.get(key)
-        if key in ("test/r2", "test/r2_oracle") and key in m and (value is None or not math.isfinite(value)):
-            table.add_row(label, "n/a (one density level)" if one_level else "n/a")  # R² undefined on one level
-        elif key in m and value is not None:
-            table.add_row(label, f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}")
+    for row in headline:
+        value = m.get(row.key)
+        if row.may_be_undefined and row.key in m and (value is None or not math.isfinite(value)):
+            table.add_row(row.title, "n/a (one density level)" if one_level else "n/a")  # R² undefined on one level
+        elif row.key in m and value is not None:
+            table.add_row(row.title, row.format(value))
     table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
     table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
     Console().print(table)

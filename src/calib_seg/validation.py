@@ -24,27 +24,24 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from calib_seg.models import NORMS
+from calib_seg.models.density import HEAD_ACTIVATIONS
+from calib_seg.tasks.spec import TaskSpec, all_specs
+from calib_seg.tasks.transforms import KINDS as TARGET_TRANSFORMS
+
 _ABSENT = object()
 
-#: model targets shipped with the project, and the task each belongs to
-MODELS = {
-    "calib_seg.models.density.DensityCNN": "density",
-    "calib_seg.models.density.DensityResNet": "density",
-    "calib_seg.models.unet.UNet": "segmentation",
-    "calib_seg.models.unet.AttentionUNet": "segmentation",
-    "calib_seg.models.unet.AttentionResUNet": "segmentation",
-    "calib_seg.models.smp_factory.build_smp": "segmentation",
-}
-TASKS = {
-    "calib_seg.tasks.density.DensityRegressionTask": "density",
-    "calib_seg.tasks.segmentation.SegmentationTask": "segmentation",
-}
-NORMS = ("batch", "group", "none")
-HEAD_ACTIVATIONS = (None, "none", "relu", "softplus")
-DENSITY_LOSSES = ("mse", "huber")
-SEGMENTATION_LOSSES = ("focal", "dice", "focal_dice")
-TARGET_TRANSFORMS = ("standardize", "log_standardize", "none")
+# allowed values are read from the modules that own them (the models, the target transform, each task's spec)
 
+
+def models() -> dict[str, str]:
+    """Model targets shipped with the project -> the task each belongs to (from the task descriptors)."""
+    return {m: spec.name for spec in all_specs().values() for m in spec.models}
+
+
+def tasks() -> dict[str, TaskSpec]:
+    """Task targets shipped with the project -> their descriptors."""
+    return {spec.target: spec for spec in all_specs().values()}
 
 #: conf/local/default.yaml is composed into the package of its group (``local.*``) unless its first line says
 #: ``# @package _global_``; its keys would then change nothing, silently (README "Per-machine settings")
@@ -163,7 +160,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.in_channels": positive_int,
     "model.classes": positive_int,
     "model.norm": one_of(NORMS),
-    "model.head_activation": one_of(HEAD_ACTIVATIONS),
+    "model.head_activation": one_of(tuple(HEAD_ACTIVATIONS)),
     "model.dropout": fraction,
     "task.target_transform": one_of(TARGET_TRANSFORMS),
     "task.huber_delta": positive_number,
@@ -232,22 +229,49 @@ def _check_keys(node: Any, where: str, problems: list[str]) -> None:
                         f"allowed keys: {', '.join(names)}")
 
 
+def _task_problems(cfg: DictConfig, spec: TaskSpec, known: dict[str, TaskSpec]) -> list[str]:
+    """What does not fit the chosen task: its loss, its required keys, the data it is given, the metric it
+    is asked to optimise (another task's metric would only fail at the end of the first epoch)."""
+    problems = []
+    loss = _get(cfg, "task.loss")
+    if loss is not _ABSENT:
+        msg = one_of(spec.losses)(loss)
+        if msg:
+            problems.append(f"task.loss: {msg}")
+    problems += [f"{key}: required by the {spec.name} task, not set" for key in spec.required_keys
+                 if _get(cfg, key) in (_ABSENT, None)]
+    data_t = _get(cfg, "data._target_")
+    owner = next((s for s in known.values() if str(data_t).rsplit(".", 1)[-1] in s.datamodules), None)
+    if owner is not None and owner is not spec:
+        problems.append(f"data._target_: {data_t} holds {owner.name} data, which the {spec.name} task cannot "
+                        f"train on; choose a data config for the {spec.name} task (or task={owner.name})")
+    metric = _get(cfg, "optimized_metric")
+    others = {m for s in known.values() if s is not spec for m in (s.optimized_metric, *s.progress_keys)}
+    if metric in others - {spec.optimized_metric, *spec.progress_keys}:
+        problems.append(f"optimized_metric: {metric!r} is not logged by the {spec.name} task; use "
+                        f"{spec.optimized_metric!r} (the default of task={spec.name})")
+    return problems
+
+
 def problems_in(cfg: DictConfig) -> list[str]:
     """Every problem found in ``cfg`` (empty when valid); see :data:`RULES`."""
     problems: list[str] = []
     model_t, task_t = _get(cfg, "model._target_"), _get(cfg, "task._target_")
-    known = list(MODELS)
-    if model_t is not _ABSENT and model_t not in MODELS and _import(model_t) is None:
-        problems.append(f"model._target_: unknown model {model_t!r}{_did_you_mean(model_t, known)}; allowed: "
-                        f"{', '.join(known)} (or any importable class)")
-    if task_t is not _ABSENT and task_t not in TASKS and _import(task_t) is None:
-        problems.append(f"task._target_: unknown task {task_t!r}{_did_you_mean(task_t, list(TASKS))}; "
-                        f"allowed: {', '.join(TASKS)}")
-    task_kind = TASKS.get(task_t)
-    model_kind = MODELS.get(model_t)
+    known_models, known_tasks = models(), tasks()
+    if model_t is not _ABSENT and model_t not in known_models and _import(model_t) is None:
+        problems.append(f"model._target_: unknown model {model_t!r}{_did_you_mean(model_t, list(known_models))}; "
+                        f"allowed: {', '.join(known_models)} (or any importable class)")
+    if task_t is not _ABSENT and task_t not in known_tasks and _import(task_t) is None:
+        problems.append(f"task._target_: unknown task {task_t!r}{_did_you_mean(task_t, list(known_tasks))}; "
+                        f"allowed: {', '.join(known_tasks)}")
+    spec = known_tasks.get(task_t)
+    task_kind = spec.name if spec else None
+    model_kind = known_models.get(model_t)
     if task_kind and model_kind and task_kind != model_kind:
         problems.append(f"model._target_: {model_t} is a {model_kind} model but task._target_ is the "
                         f"{task_kind} task {task_t}; choose a {task_kind} model (or task={model_kind})")
+    if spec is not None:
+        problems += _task_problems(cfg, spec, known_tasks)
     if model_t == "calib_seg.models.smp_factory.build_smp":
         arch = _get(cfg, "model.arch")
         if arch is not _ABSENT:
@@ -256,11 +280,6 @@ def problems_in(cfg: DictConfig) -> list[str]:
             msg = one_of(available_architectures(), case_insensitive=True)(arch)
             if msg:
                 problems.append(f"model.arch: {msg}")
-    loss = _get(cfg, "task.loss")
-    if loss is not _ABSENT and task_kind:
-        msg = one_of(DENSITY_LOSSES if task_kind == "density" else SEGMENTATION_LOSSES)(loss)
-        if msg:
-            problems.append(f"task.loss: {msg}")
     for key, rule in RULES.items():
         value = _get(cfg, key)
         if value is _ABSENT:

@@ -120,9 +120,6 @@ def test_train_run_in_process_writes_a_complete_segmentation_record(tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["metrics"] == record["metrics"]
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="optimized_metric stays val/r2 without a preset, so early stopping dies after epoch 1 "
-                          "(issue 12); strict: this test fails as soon as the plain command works")
 def test_plain_segmentation_command_without_a_preset_trains(tmp_path):
     plain = ["task=segmentation", "model=unet", "data=mito_synth",
              *[o for o in SEG_TINY if not o.startswith(("experiment=", "trainer.max_epochs"))], "trainer.max_epochs=1"]
@@ -131,7 +128,10 @@ def test_plain_segmentation_command_without_a_preset_trains(tmp_path):
         record = run(cfg)
     finally:
         GlobalHydra.instance().clear()
-    assert record["status"] == "completed"
+    assert record["status"] == "completed", record.get("reason")
+    assert record["task"] == "segmentation" and record["optimized_metric"] == "val/jaccard"
+    assert record["best_val"] == pytest.approx(record["val_metrics_best"]["val/jaccard"])
+    assert (tmp_path / "run" / "figures" / "jaccard_vs_threshold.png").exists()  # the task's figures were drawn
 
 
 def test_one_real_lucchi_slice_trains_and_the_whole_test_slice_is_scored_in_tiles(shared_dir, tmp_path):

@@ -64,7 +64,7 @@ def test_shipped_configs_are_valid(experiment):
         (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1), got 1.5"),
         ([*SEG, "task.threshold=1.0"], "task.threshold: expected a number strictly between 0 and 1, got 1.0"),
         ([*SEG, "task.threshold=0"], "task.threshold: expected a number strictly between 0 and 1, got 0"),
-        ([*SEG, "task.loss=bce"], "task.loss: unknown value 'bce'; allowed: focal, dice, focal_dice"),
+        ([*SEG, "task.loss=hinge"], "task.loss: unknown value 'hinge'; allowed: focal, dice, focal_dice, bce, bce_dice"),
         (["task=segmentation", "model=smp", "data=mito_synth", "model.arch=Unett"],
          "model.arch: unknown value 'Unett' (did you mean 'Unet'?); allowed: DPT, DeepLabV3"),
         (["task=segmentation", "data=mito_synth"], "model._target_: calib_seg.models.density.DensityCNN is a "

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from calib_seg.tasks.density import regression_metrics
+from calib_seg.metrics.collections import stage_metrics
 from calib_seg.tasks.transforms import TargetTransform
 
 
@@ -45,7 +45,7 @@ def test_metrics_equal_scikit_learn_on_the_same_predictions():
     rng = np.random.default_rng(0)
     target = rng.uniform(15, 7964, size=200)
     pred = target + rng.normal(0, 300, size=200)
-    m = regression_metrics("test/")
+    m = stage_metrics("density", "test")
     # two updates, as over two batches
     for sl in (slice(0, 77), slice(77, 200)):
         m.update(torch.tensor(pred[sl], dtype=torch.float32), torch.tensor(target[sl], dtype=torch.float32))
@@ -54,13 +54,13 @@ def test_metrics_equal_scikit_learn_on_the_same_predictions():
     assert got["test/mae"] == pytest.approx(skm.mean_absolute_error(target, pred), rel=1e-4)
     assert got["test/mse"] == pytest.approx(skm.mean_squared_error(target, pred), rel=1e-4)
     assert got["test/rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(target, pred)), rel=1e-4)
-    assert got["test/mape"] == pytest.approx(skm.mean_absolute_percentage_error(target, pred), rel=1e-3)
+    assert got["test/mape"] == pytest.approx(100.0 * skm.mean_absolute_percentage_error(target, pred), rel=1e-3)  # percent
     assert got["test/max_error"] == pytest.approx(skm.max_error(target, pred), rel=1e-5)
 
 
 def test_constant_low_predictions_give_negative_r2_as_in_the_seed_failure():
     target = np.geomspace(15, 7964, 50)
     pred = np.full(50, 250.0)
-    m = regression_metrics("val/")
+    m = stage_metrics("density", "val")
     m.update(torch.tensor(pred, dtype=torch.float32), torch.tensor(target, dtype=torch.float32))
     assert float(m.compute()["val/r2"]) < 0

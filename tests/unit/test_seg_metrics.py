@@ -174,13 +174,17 @@ def test_losses_by_name_and_unknown_loss_is_a_clear_error():
     pt = torch.where(target == 1, p, 1 - p)
     focal_ref = ((1 - pt) ** 2 * bce).mean()
     dice_ref = 1 - (2 * (p * target).sum() + 0.0) / (p.sum() + target.sum()).clamp_min(1e-7)
-    losses = {name: build_loss(name)(logits, target) for name in ("focal", "dice", "focal_dice")}
+    losses = {name: build_loss(name)(logits, target) for name in ("focal", "dice", "focal_dice", "bce", "bce_dice")}
     torch.testing.assert_close(losses["focal"], focal_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["dice"], dice_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["focal_dice"], focal_ref + dice_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["bce"], bce.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["bce_dice"], bce.mean() + dice_ref, rtol=1e-5, atol=1e-6)
+    uint8_target = build_loss("bce")(logits, target.to(torch.uint8))  # masks may arrive as uint8
+    torch.testing.assert_close(uint8_target, bce.mean(), rtol=1e-5, atol=1e-6)
     # orderings: confident right predictions cost less than a coin flip, which costs less than confident wrong ones
     for name, loss in ((n, build_loss(n)) for n in losses):
         right, flip, wrong = (loss(s * (2 * target - 1), target) for s in (8.0, 0.0, -8.0))
         assert right < flip < wrong, name
     with pytest.raises(ValueError, match="loss must be one of"):
-        SegmentationTask(Passthrough(), loss="bce")
+        SegmentationTask(Passthrough(), loss="hinge")

@@ -113,7 +113,7 @@ def test_model_configs_start_with_a_comment_and_instantiate_offline(no_network, 
 
 
 def test_task_config_builds_task_with_adam_and_plateau_scheduler_on_val_jaccard():
-    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml")
+    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml").task  # the file sets task_name/optimized_metric too
     assert (CONF / "task" / "segmentation.yaml").read_text().startswith("# ")
     task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
     conf = task.configure_optimizers()
@@ -148,7 +148,7 @@ def test_checkpoint_of_config_built_task_loads_with_weights_only_and_restores_th
 
     from calib_seg.tasks.segmentation import SegmentationTask
 
-    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml")
+    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml").task  # the file sets task_name/optimized_metric too
     task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
     batch = {"image": torch.rand(2, 1, 16, 16), "mask": (torch.rand(2, 1, 16, 16) > 0.8).float()}
     trainer = pl.Trainer(

@@ -1,7 +1,8 @@
 """Figures of a run, rendered once at the end of fit and of test (never per epoch: it would cost throughput).
 
 PNGs go to ``<run folder>/figures/`` and, when a TensorBoard logger is attached, to its Images tab. The
-callback only reads the task's public attributes (``last_test`` of the density task, ``predict_proba`` of the
+callback asks the task's descriptor (``task.spec.test_figures``) which figures to draw at the end of test; those
+functions read the task's public attributes (``last_test`` of the density task, ``predict_proba`` of the
 segmentation task) and logged metrics; the drawing itself lives in :mod:`calib_seg.plots`.
 """
 
@@ -47,11 +48,11 @@ class RunFigures(pl.Callback):
     def _dir(self, trainer: pl.Trainer) -> Path:
         return self.dirpath or Path(trainer.default_root_dir) / "figures"
 
-    def _title(self, trainer: pl.Trainer) -> str:
+    def title_for(self, trainer: pl.Trainer) -> str:
         folder = self._dir(trainer).parent.name
         return f"{self.title} [{folder}]" if self.title else folder
 
-    def _emit(self, trainer: pl.Trainer, name: str, fig: Any) -> None:
+    def emit(self, trainer: pl.Trainer, name: str, fig: Any) -> None:
         """Send one figure to every TensorBoard logger, then save it as PNG (which closes it)."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -80,55 +81,63 @@ class RunFigures(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
-        if getattr(pl_module, "last_test", None):
-            self._safe(trainer, "density", lambda: self._density(trainer, pl_module.last_test))
-        elif hasattr(pl_module, "predict_proba"):
-            self._safe(trainer, "segmentation", lambda: self._segmentation(trainer, pl_module))
+        spec = getattr(pl_module, "spec", None)
+        if spec is not None:
+            draw = spec.resolve("test_figures")
+            self._safe(trainer, spec.name, lambda: draw(self, trainer, pl_module))
 
     # --- figures --------------------------------------------------------------------------------------------
     def _curves(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         history = self._history(trainer)
         if history:
-            score = "val/jaccard" if any("val/jaccard" in r for r in history) else "val/r2"
-            self._emit(trainer, "training_curves", plots.training_curves(history, self._title(trainer), score))
+            spec = getattr(pl_module, "spec", None)
+            score = spec.optimized_metric if spec is not None else "val/loss"
+            self.emit(trainer, "training_curves", plots.training_curves(history, self.title_for(trainer), score))
 
-    def _density(self, trainer: pl.Trainer, out: dict[str, np.ndarray]) -> None:
-        title = self._title(trainer)
-        pred, target = out["pred"], out["target"]
-        dilution = out.get("dilution", np.full_like(target, np.nan))
-        self._emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title))
-        self._emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title))
-        if np.all(target > 0):  # the floor and relative errors need nominal densities > 0
-            from calib_seg.metrics.predictions import split_calibration
 
-            _, block = split_calibration(out, trainer.datamodule, self.calibration, "test")
-            self._emit(trainer, "calibration", plots.calibration_figure(block, title))
+def density_figures(figs: RunFigures, trainer: pl.Trainer, pl_module: Any) -> None:
+    """Predicted vs actual, residuals and (nominal densities > 0) the calibration figure of the test set."""
+    out: dict[str, np.ndarray] = getattr(pl_module, "last_test", None) or {}
+    if not out:
+        return
+    title = figs.title_for(trainer)
+    pred, target = out["pred"], out["target"]
+    dilution = out.get("dilution", np.full_like(target, np.nan))
+    figs.emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title))
+    figs.emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title))
+    if np.all(target > 0):  # the floor and relative errors need nominal densities > 0
+        from calib_seg.metrics.predictions import split_calibration
 
-    @torch.no_grad()
-    def _segmentation(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        title = self._title(trainer)
-        m = trainer.callback_metrics
-        curve = {float(k.split("_t")[-1]): float(v) for k, v in m.items() if k.startswith("test/jaccard_t")}
-        if curve:
-            base = m.get("test/jaccard_all_foreground")
-            self._emit(trainer, "jaccard_vs_threshold", plots.jaccard_vs_threshold(
-                curve, title, baseline=float(base) if base is not None else None,
-                headline=getattr(pl_module, "threshold", None)))
-        dm = trainer.datamodule
-        if dm is None or self.n_overlays < 1:
-            return
-        images, masks, probs = [], [], []
-        was_training = pl_module.training
-        pl_module.eval()
-        for batch in dm.test_dataloader():
-            x = batch["image"][: self.n_overlays - len(images)]
-            p = pl_module.predict_proba(x.to(pl_module.device)).float().cpu()
-            images += [a[0].numpy() for a in x]
-            masks += [a[0].numpy() for a in batch["mask"][: len(x)]]
-            probs += [a[0].numpy() for a in p]
-            if len(images) >= self.n_overlays:
-                break
-        pl_module.train(was_training)
-        if images:
-            self._emit(trainer, "test_overlays", plots.segmentation_overlays(
-                images, masks, probs, title, threshold=getattr(pl_module, "threshold", 0.5)))
+        _, block = split_calibration(out, trainer.datamodule, figs.calibration, "test")
+        figs.emit(trainer, "calibration", plots.calibration_figure(block, title))
+
+
+@torch.no_grad()
+def segmentation_figures(figs: RunFigures, trainer: pl.Trainer, pl_module: Any) -> None:
+    """Jaccard vs threshold (from the logged curve) and overlays of the first test images."""
+    title = figs.title_for(trainer)
+    m = trainer.callback_metrics
+    curve = {float(k.split("_t")[-1]): float(v) for k, v in m.items() if k.startswith("test/jaccard_t")}
+    if curve:
+        base = m.get("test/jaccard_all_foreground")
+        figs.emit(trainer, "jaccard_vs_threshold", plots.jaccard_vs_threshold(
+            curve, title, baseline=float(base) if base is not None else None,
+            headline=getattr(pl_module, "threshold", None)))
+    dm = trainer.datamodule
+    if dm is None or figs.n_overlays < 1:
+        return
+    images, masks, probs = [], [], []
+    was_training = pl_module.training
+    pl_module.eval()
+    for batch in dm.test_dataloader():
+        x = batch["image"][: figs.n_overlays - len(images)]
+        p = pl_module.predict_proba(x.to(pl_module.device)).float().cpu()
+        images += [a[0].numpy() for a in x]
+        masks += [a[0].numpy() for a in batch["mask"][: len(x)]]
+        probs += [a[0].numpy() for a in p]
+        if len(images) >= figs.n_overlays:
+            break
+    pl_module.train(was_training)
+    if images:
+        figs.emit(trainer, "test_overlays", plots.segmentation_overlays(
+            images, masks, probs, title, threshold=getattr(pl_module, "threshold", 0.5)))

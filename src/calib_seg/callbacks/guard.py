@@ -12,38 +12,29 @@ and turns a message into a stop: ``trainer.should_stop``, ``abort_reason``/``abo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from calib_seg.callbacks.preflight import judge, measure, preserved_rng
 from calib_seg.cli import FILE_ONLY
+from calib_seg.metrics.functional import spread_stats  # the collapse rule's inputs, from the metrics room
 
 log = logging.getLogger("calib_seg.guard")
 
-__all__ = ["TrainingGuard", "check", "final_check", "spread_stats"]
+__all__ = ["GuardRules", "TrainingGuard", "check", "final_check", "spread_stats"]
 
 
 def _fmt(x: float) -> str:
     """Short numbers for messages: 4 significant digits, scientific only when needed."""
     return f"{x:.4g}"
-
-
-def spread_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Std (ddof=0) and max-min range of validation predictions and targets (the collapse rule's inputs)."""
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    if pred.size < 2 or target.size < 2:
-        return {}
-    return {"pred_std": float(pred.std()), "target_std": float(target.std()),
-            "pred_range": float(np.ptp(pred)), "target_range": float(np.ptp(target))}
 
 
 def _metric_gain(history: Sequence[Mapping[str, float]], key: str) -> float:
@@ -62,24 +53,39 @@ def _bad_streak(flags: Sequence[bool]) -> int:
     return n
 
 
-def check(
-    history: Sequence[Mapping[str, float]],
-    *,
-    non_finite: bool = True,
-    flat_patience: int | None = 5,
-    min_rel_delta: float = 0.01,
-    min_metric_delta: float = 0.02,
-    grace_epochs: int = 5,
-    r2_min: float | None = 0.0,
-    collapse_fraction: float | None = 0.1,
-    jaccard_margin: float | None = 0.02,
-    min_steps: int = 50,
-    patience: int = 3,
-    relapse_patience: int = 10,
-    r2_clear: float = 0.3,
-    collapse_clear: float = 0.3,
-    jaccard_clear: float = 0.1,
-) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class GuardRules:
+    """The epoch rules' thresholds, with their defaults: the one definition :func:`check`, :func:`final_check`
+    and :class:`TrainingGuard` share (conf/callbacks' guard block repeats the values for the reader; a test keeps
+    them equal). Field meanings: :func:`check`'s arguments. Invalid combinations raise ``ValueError``."""
+
+    non_finite: bool = True
+    flat_patience: int | None = 5
+    min_rel_delta: float = 0.01
+    min_metric_delta: float = 0.02
+    grace_epochs: int = 5
+    r2_min: float | None = 0.0
+    collapse_fraction: float | None = 0.1
+    jaccard_margin: float | None = 0.02
+    min_steps: int = 50
+    patience: int = 3
+    relapse_patience: int = 10
+    r2_clear: float = 0.3
+    collapse_clear: float = 0.3
+    jaccard_clear: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.flat_patience is not None and self.flat_patience < 1:
+            raise ValueError(f"flat_patience must be >= 1 or null, got {self.flat_patience}")
+        if self.grace_epochs < 1:
+            raise ValueError(f"grace_epochs must be >= 1, got {self.grace_epochs}")
+        if not 1 <= int(self.patience) <= int(self.relapse_patience):
+            raise ValueError(f"need 1 <= patience <= relapse_patience, got {self.patience}, {self.relapse_patience}")
+        if self.collapse_fraction is not None and not 0 < self.collapse_fraction < 1:
+            raise ValueError(f"collapse_fraction must be in (0, 1) or null, got {self.collapse_fraction}")
+
+
+def check(history: Sequence[Mapping[str, float]], rules: GuardRules | None = None, **overrides: Any) -> str | None:
     """The first rule the run breaks, as the abort message; ``None`` while the run looks healthy.
 
     The metric rules (R², collapse, trivial Jaccard) never judge one epoch alone: one noisy epoch (a single
@@ -87,6 +93,9 @@ def check(
     epoch bad or not and fires only on a *streak* of bad epochs ending at the latest one: ``patience`` epochs
     for a run that was never clearly good, ``relapse_patience`` for one that was (its best value so far passed
     the rule's "clear" level, e.g. a Jaccard 0.1 above the all-foreground baseline).
+
+    The thresholds are ``rules`` (:class:`GuardRules`, its defaults when None) with ``overrides`` (its field
+    names) applied on top; each is described below.
 
     Args:
         history: one mapping per validated epoch, oldest first. Each holds ``epoch`` (1-based) and the metrics
@@ -118,6 +127,10 @@ def check(
     Returns:
         ``"aborted at epoch <n>: <rule and numbers>"`` or ``None``.
     """
+    r = dataclasses.replace(rules or GuardRules(), **overrides)
+    (non_finite, flat_patience, min_rel_delta, min_metric_delta, grace_epochs, r2_min, collapse_fraction,
+     jaccard_margin, min_steps, patience, relapse_patience, r2_clear, collapse_clear, jaccard_clear) = (
+        dataclasses.astuple(r))
     if not history:
         return None
     last = history[-1]
@@ -197,8 +210,8 @@ def check(
     return None
 
 
-def final_check(metrics: Mapping[str, float], *, r2_min: float | None = 0.0,
-                jaccard_margin: float | None = 0.02) -> str | None:
+def final_check(metrics: Mapping[str, float], *, r2_min: float | None = GuardRules.r2_min,
+                jaccard_margin: float | None = GuardRules.jaccard_margin) -> str | None:
     """Why a run that trained to its end is still no result: test R² below ``r2_min`` or a test Jaccard at the
     all-foreground level (within ``jaccard_margin``); ``None`` when the test numbers are a result.
 
@@ -225,20 +238,6 @@ class TrainingGuard(pl.Callback):
 
     def __init__(
         self,
-        non_finite: bool = True,
-        flat_patience: int | None = 5,
-        min_rel_delta: float = 0.01,
-        grace_epochs: int = 5,
-        r2_min: float | None = 0.0,
-        collapse_fraction: float | None = 0.1,
-        jaccard_margin: float | None = 0.02,
-        min_steps: int = 50,
-        patience: int = 3,
-        relapse_patience: int = 10,
-        r2_clear: float = 0.3,
-        collapse_clear: float = 0.3,
-        jaccard_clear: float = 0.1,
-        min_metric_delta: float = 0.02,
         preflight: bool = True,
         probe_steps: int = 20,
         probe_batch_size: int | None = 8,
@@ -246,21 +245,14 @@ class TrainingGuard(pl.Callback):
         max_clamp_fraction: float = 0.5,
         max_target_scale: float = 100.0,
         plumbing_tolerance: float = 1e-3,
+        **rules: Any,
     ) -> None:
-        if flat_patience is not None and flat_patience < 1:
-            raise ValueError(f"flat_patience must be >= 1 or null, got {flat_patience}")
-        if grace_epochs < 1:
-            raise ValueError(f"grace_epochs must be >= 1, got {grace_epochs}")
-        if not 1 <= int(patience) <= int(relapse_patience):
-            raise ValueError(f"need 1 <= patience <= relapse_patience, got {patience}, {relapse_patience}")
-        if collapse_fraction is not None and not 0 < collapse_fraction < 1:
-            raise ValueError(f"collapse_fraction must be in (0, 1) or null, got {collapse_fraction}")
-        self.rules = dict(non_finite=bool(non_finite), flat_patience=flat_patience, min_rel_delta=float(min_rel_delta),
-                          grace_epochs=int(grace_epochs), r2_min=r2_min, collapse_fraction=collapse_fraction,
-                          jaccard_margin=jaccard_margin, min_steps=int(min_steps), patience=int(patience),
-                          relapse_patience=int(relapse_patience), r2_clear=float(r2_clear),
-                          collapse_clear=float(collapse_clear), jaccard_clear=float(jaccard_clear),
-                          min_metric_delta=float(min_metric_delta))
+        """``rules``: the epoch rules' thresholds, by :class:`GuardRules` field name (its defaults otherwise)."""
+        try:
+            self.rule_set = GuardRules(**rules)
+        except TypeError as exc:  # an unknown rule name
+            raise TypeError(f"TrainingGuard: {exc}; rules are {[f.name for f in dataclasses.fields(GuardRules)]}") from None
+        self.rules = dataclasses.asdict(self.rule_set)
         if probe_steps < 1 or (probe_batch_size is not None and probe_batch_size < 2):
             raise ValueError(f"need probe_steps >= 1 and probe_batch_size >= 2 or null, got {probe_steps}, "
                              f"{probe_batch_size}")
@@ -322,7 +314,7 @@ class TrainingGuard(pl.Callback):
         if "pred" in last_val and "target" in last_val:
             entry.update(spread_stats(last_val["pred"], last_val["target"]))
         self.history.append(entry)
-        reason = check(self.history, **self.rules)
+        reason = check(self.history, self.rule_set)
         # every rank must take the same decision, or DDP hangs; rank zero's numbers decide
         reason = trainer.strategy.broadcast(reason, src=0)
         if reason:

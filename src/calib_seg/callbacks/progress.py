@@ -18,7 +18,8 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
 from calib_seg.cli import to_log
 
-_KEYS = ("train/loss", "val/loss", "val/r2", "val/mae", "val/jaccard", "val/dice")
+#: shown for every task; the task's descriptor adds its own validation metrics (``spec.progress_keys``)
+_KEYS = ("train/loss", "val/loss")
 
 
 def epoch_label(trainer: pl.Trainer) -> str:
@@ -46,7 +47,9 @@ class EpochLine(pl.Callback):
             return
         m = trainer.callback_metrics
         parts = [f"epoch {epoch_label(trainer)}"]
-        parts += [f"{k} {float(m[k]):.4g}" for k in _KEYS if k in m]
+        spec = getattr(pl_module, "spec", None)
+        keys = _KEYS + (spec.progress_keys if spec is not None else ())
+        parts += [f"{k} {float(m[k]):.4g}" for k in keys if k in m]
         parts.append(f"{time.perf_counter() - self._t0:.1f} s")
         line = " | ".join(parts)
         to_log(line)

@@ -16,9 +16,17 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
-#: metrics shown in the HParams tab (scalar tags ``hp/<name>``; prefixed so they never clash with logged curves)
-HP_METRICS = ("test/r2", "test/mae", "test/rmse", "test/mape", "test/jaccard", "test/dice",
-              "val/r2", "val/jaccard", "val/loss")
+
+def hp_metric_keys(record: dict[str, Any]) -> tuple[str, ...]:
+    """Metrics shown in the HParams tab: the task descriptor's ``hp_metrics`` (every task's when unknown).
+
+    They are logged as scalar tags ``hp/<name>``, prefixed so they never clash with logged curves.
+    """
+    from calib_seg.tasks.spec import all_specs, spec_of
+
+    spec = spec_of(record)
+    specs = [spec] if spec is not None else list(all_specs().values())
+    return tuple(dict.fromkeys(k for s in specs for k in s.hp_metrics))
 
 
 def hparams_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +43,7 @@ def hparams_of(record: dict[str, Any]) -> dict[str, Any]:
 def outcome_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The finite headline numbers of a record, under ``hp/`` names."""
     m = record.get("metrics") or {}
-    values = {f"hp/{k}": m.get(k) for k in HP_METRICS}
+    values = {f"hp/{k}": m.get(k) for k in hp_metric_keys(record)}
     values.update({"hp/best_val": record.get("best_val"), "hp/best_epoch": record.get("best_epoch"),
                    "hp/epochs": record.get("epochs"), "hp/wall_time_s": record.get("wall_time_s")})
     return {k: float(v) for k, v in values.items()

@@ -16,7 +16,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.functional import r2_score
 
 from calib_seg.data.containers import BeadSet
 from calib_seg.data.sources.protocol import DensitySource
@@ -164,14 +163,9 @@ class DensityDataModule(pl.LightningDataModule):
 
     def reference_metrics(self, which: str = "test") -> dict[str, float]:
         """R² and MAE of the oracle counter on a split (empty when counts are unknown, e.g. real data)."""
-        oracle = self.oracle_density(which)
-        if oracle is None:
-            return {}
-        target, _ = self.split_targets(which)
-        o, t = torch.as_tensor(oracle), torch.as_tensor(target)
-        # R² is undefined when the split holds one density level (SS_tot = 0): NaN, recorded as null
-        r2 = float(r2_score(o, t)) if len(np.unique(target)) > 1 else float("nan")
-        return {f"{which}/r2_oracle": r2, f"{which}/mae_oracle": float((o - t).abs().mean())}
+        from calib_seg.metrics.functional import oracle_metrics
+
+        return oracle_metrics(self.oracle_density(which), self.split_targets(which)[0], which)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data of this run: source parameters or file-manifest hash, and split sizes."""

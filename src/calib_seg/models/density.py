@@ -13,7 +13,7 @@ from torch import nn
 
 from calib_seg.models import norm_layer
 
-_HEAD_ACTIVATIONS = {None: nn.Identity, "none": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus}
+HEAD_ACTIVATIONS = {None: nn.Identity, "none": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus}
 
 
 def _check_filters(filters: Sequence[int]) -> list[int]:
@@ -24,13 +24,13 @@ def _check_filters(filters: Sequence[int]) -> list[int]:
 
 
 def _head(channels: int, hidden: int, activation: str | None) -> nn.Sequential:
-    if activation not in _HEAD_ACTIVATIONS:
-        raise ValueError(f"head_activation must be one of {list(_HEAD_ACTIVATIONS)}, got {activation!r}")
+    if activation not in HEAD_ACTIVATIONS:
+        raise ValueError(f"head_activation must be one of {list(HEAD_ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = [nn.Flatten()]
     if hidden:
         layers += [nn.Linear(channels, hidden), nn.ReLU(inplace=True)]
         channels = hidden
-    layers += [nn.Linear(channels, 1), _HEAD_ACTIVATIONS[activation]()]
+    layers += [nn.Linear(channels, 1), HEAD_ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 

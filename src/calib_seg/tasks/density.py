@@ -10,16 +10,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import (
-    MeanAbsoluteError,
-    MeanAbsolutePercentageError,
-    MeanSquaredError,
-    Metric,
-    MetricCollection,
-    R2Score,
-)
 from torchmetrics.aggregation import CatMetric
 
+from calib_seg.metrics.collections import log_stage, stage_metrics
+from calib_seg.tasks.spec import Headline, TaskSpec
 from calib_seg.tasks.transforms import TargetTransform
 
 LOSSES = ("mse", "huber")
@@ -27,37 +21,40 @@ LOSSES = ("mse", "huber")
 _STORED = ("pred", "target", "dilution", "count", "index")
 
 
-class MaxAbsoluteError(Metric):
-    """Largest absolute error seen (max over samples, synced across processes with ``max``)."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("max_err", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        err = (preds.double() - target.double()).abs()
-        if err.numel():
-            self.max_err = torch.maximum(self.max_err, err.max())
-
-    def compute(self) -> torch.Tensor:
-        return self.max_err
-
-
-def regression_metrics(prefix: str) -> MetricCollection:
-    """The physical-unit metrics of the density task (R², MSE, RMSE, MAE, MAPE, max error)."""
-    return MetricCollection(
-        {
-            "r2": R2Score(),
-            "mse": MeanSquaredError(),
-            "rmse": MeanSquaredError(squared=False),
-            "mae": MeanAbsoluteError(),
-            "mape": MeanAbsolutePercentageError(),
-            "max_error": MaxAbsoluteError(),
-        },
-        prefix=prefix,
-    )
+_UNIT = "beads/mm²"
+SPEC = TaskSpec(
+    name="density",
+    target="calib_seg.tasks.density.DensityRegressionTask",
+    optimized_metric="val/r2",
+    mode="max",
+    headline=(
+        Headline("test/r2", "test R²", may_be_undefined=True),
+        Headline("test/r2_oracle", "oracle-counter R² (same test set)", may_be_undefined=True),
+        Headline("test/mae", "test MAE", _UNIT), Headline("test/mae_oracle", "oracle-counter MAE", _UNIT),
+        Headline("test/rmse", "test RMSE", _UNIT), Headline("test/mape", "test MAPE", "%"),
+        Headline("test/max_error", "test max error", _UNIT),
+    ),
+    progress_keys=("val/r2", "val/mae"),
+    hp_metrics=("test/r2", "test/mae", "test/rmse", "test/mape", "val/r2", "val/loss"),
+    models=("calib_seg.models.density.DensityCNN", "calib_seg.models.density.DensityResNet"),
+    datamodules=("DensityDataModule",),
+    losses=LOSSES,
+    required_keys=("task.target_transform", "task.loss", "task.optimizer"),
+    test_figures="calib_seg.callbacks.figures.density_figures",
+    prediction_writer="calib_seg.predict.write_density_predictions",
+    report_kind="density regression",
+    report_columns=(
+        ("job", "job"), ("experiment", "experiment"), ("batch", "batch"), ("filters", "filters"),
+        ("params", "params"), ("r2", "R²"), ("mse", "MSE"), ("mae", "MAE"), ("rmse", "RMSE"),
+        ("mape", "MAPE [%]"), ("max_error", "max error"), ("r2_oracle", "oracle R²"),
+        ("calibration", "calibration"), ("worst_level", "worst level"), ("worst_excess", "worst excess"),
+        ("quantification_range", "quantification range"),
+        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"),
+        ("peak_cuda_mb", "peak CUDA [MiB]"), ("status", "status"),
+    ),
+    report_sections="calib_seg.report.density_sections",
+    report_figures="calib_seg.report.density_figures",
+)
 
 
 class DensityRegressionTask(pl.LightningModule):
@@ -72,6 +69,8 @@ class DensityRegressionTask(pl.LightningModule):
         normalize_input: standardise pixels with the training split's mean/std (stored in the checkpoint).
         scheduler_monitor: metric a plateau scheduler watches.
     """
+
+    spec = SPEC
 
     def __init__(
         self,
@@ -95,8 +94,8 @@ class DensityRegressionTask(pl.LightningModule):
         self.register_buffer("input_mean", torch.tensor(0.0))
         self.register_buffer("input_std", torch.tensor(1.0))
         self.register_buffer("data_fitted", torch.tensor(False))
-        self.val_metrics = regression_metrics("val/")
-        self.test_metrics = regression_metrics("test/")
+        self.val_metrics = stage_metrics("density", "val")
+        self.test_metrics = stage_metrics("density", "test")
         # per-image predictions of each split (gathered over DDP ranks) for the guard (collapse rule), figures and
         # the calibration table; "disable": NaN dilutions/counts of real data must stay aligned, not be dropped
         self.val_store = nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in _STORED})
@@ -146,12 +145,12 @@ class DensityRegressionTask(pl.LightningModule):
         pred = self.target_tf.inverse(z).float()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z),
                  sync_dist=True)
+        nan = torch.full_like(target, float("nan"))
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(pred, target)
+        metrics.update(pred, target, level=batch.get("dilution", nan))
         store = self.val_store if stage == "val" else self.test_store
         store["pred"].update(pred)
         store["target"].update(target)
-        nan = torch.full_like(target, float("nan"))
         store["dilution"].update(batch.get("dilution", nan))
         store["count"].update(batch.get("count", nan))
         # stored as float32 (exact below 2**24 images); -1 when the loader gives no index
@@ -173,16 +172,7 @@ class DensityRegressionTask(pl.LightningModule):
         out = {k: m.compute().detach().cpu().double().numpy().reshape(-1) for k, m in store.items()}
         for m in store.values():
             m.reset()
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        values = metrics.compute()
-        values[f"{stage}/mape"] = values[f"{stage}/mape"] * 100.0  # percent, as in the seed report
-        if len(np.unique(out["target"])) < 2:
-            # one density level (e.g. data.holdout_dilutions=[50]): SS_tot = 0, R² is undefined, not a number to
-            # print; the calibration table answers the extrapolation question at that level
-            values[f"{stage}/r2"] = torch.tensor(float("nan"))
-        for k, v in values.items():
-            self.log(k, v.float(), prog_bar=k == "val/r2")
-        metrics.reset()
+        log_stage(self, self.val_metrics if stage == "val" else self.test_metrics, prog_bar={"val/r2"})
         return out
 
     def on_validation_epoch_end(self) -> None:
@@ -191,10 +181,7 @@ class DensityRegressionTask(pl.LightningModule):
             self.val_by_epoch[self.current_epoch] = self.last_val
 
     def on_test_epoch_end(self) -> None:
-        self.last_test = out = self._finish("test")
-        err = np.abs(out["pred"] - out["target"])
-        for d in np.unique(out["dilution"]):
-            self.log(f"test/mae_dilution_{d:g}x", float(err[out["dilution"] == d].mean()))
+        self.last_test = self._finish("test")
 
     # --- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -213,5 +200,6 @@ class DensityRegressionTask(pl.LightningModule):
             "mae/mse/rmse": "torchmetrics MeanAbsoluteError / MeanSquaredError(squared=True/False), beads/mm²",
             "mape": "torchmetrics MeanAbsolutePercentageError x 100, percent",
             "max_error": "max |pred - target| over the split, beads/mm²",
+            "mae_dilution_<d>x": "test MAE of the images of dilution <d> (float64 mean of |pred - target|), beads/mm²",
             "loss": f"{self.hparams.loss} on the '{tf}'-transformed target (unitless)",
         }

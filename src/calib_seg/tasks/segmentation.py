@@ -21,20 +21,23 @@ import pytorch_lightning as pl
 import torch
 from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
 
+from calib_seg.metrics.collections import log_stage, stage_metrics
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
+from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
+from calib_seg.tasks.spec import Headline, TaskSpec
 
 __all__ = ["SegmentationTask", "build_loss", "LOSSES"]
 
-LOSSES = ("focal", "dice", "focal_dice")
+LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice")
 DEFAULT_CURVE = tuple(round(0.1 * i, 2) for i in range(1, 10))
+
+
+class _BCE(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on logits with the mask cast to the logits' dtype (masks may arrive as uint8)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, target.to(logits.dtype))
 
 
 class _SumLoss(nn.Module):
@@ -49,13 +52,18 @@ class _SumLoss(nn.Module):
 
 
 def build_loss(name: str) -> nn.Module:
-    """Loss on logits by name: ``focal`` (smp binary focal, gamma 2), ``dice`` (smp soft Dice), ``focal_dice``."""
+    """Loss on logits by name: ``focal`` (smp binary focal, gamma 2), ``dice`` (smp soft Dice), ``focal_dice``,
+    ``bce`` (binary cross-entropy) or ``bce_dice`` (BCE + soft Dice)."""
     if name == "focal":
         return FocalLoss(mode="binary", gamma=2.0)
     if name == "dice":
         return DiceLoss(mode="binary", from_logits=True)
     if name == "focal_dice":
         return _SumLoss(FocalLoss(mode="binary", gamma=2.0), DiceLoss(mode="binary", from_logits=True))
+    if name == "bce":
+        return _BCE()
+    if name == "bce_dice":
+        return _SumLoss(_BCE(), DiceLoss(mode="binary", from_logits=True))
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
@@ -75,16 +83,33 @@ def _default_optimizer(params):
     return torch.optim.Adam(params, lr=1e-3)
 
 
-def _main_metrics(threshold: float, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "jaccard": BinaryJaccardIndex(threshold=threshold),
-            "dice": BinaryF1Score(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
-        },
-        prefix=prefix,
-    )
+SPEC = TaskSpec(
+    name="segmentation",
+    target="calib_seg.tasks.segmentation.SegmentationTask",
+    optimized_metric="val/jaccard",
+    mode="max",
+    headline=(Headline("test/jaccard", "test Jaccard (foreground)"),
+              Headline("test/jaccard_all_foreground", "all-foreground Jaccard (trivial)"),
+              Headline("test/dice", "test Dice")),
+    progress_keys=("val/jaccard", "val/dice"),
+    hp_metrics=("test/jaccard", "test/dice", "val/jaccard", "val/loss"),
+    models=("calib_seg.models.unet.UNet", "calib_seg.models.unet.AttentionUNet",
+            "calib_seg.models.unet.AttentionResUNet", "calib_seg.models.smp_factory.build_smp"),
+    datamodules=("SegmentationDataModule",),
+    losses=LOSSES,
+    required_keys=("task.loss", "task.threshold", "task.optimizer"),
+    test_figures="calib_seg.callbacks.figures.segmentation_figures",
+    prediction_writer="calib_seg.predict.write_segmentation_predictions",
+    report_kind="segmentation (HPO)",
+    report_columns=(
+        ("job", "job"), ("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
+        ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
+        ("jaccard_all_foreground", "all-fg Jaccard"), ("dice", "test Dice"), ("best_epoch", "epochs to best"),
+        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"), ("status", "status"),
+    ),
+    report_sections="calib_seg.report.segmentation_sections",
+    report_figures="calib_seg.report.segmentation_figures",
+)
 
 
 class SegmentationTask(pl.LightningModule):
@@ -103,10 +128,16 @@ class SegmentationTask(pl.LightningModule):
         tile_batch_size: tiles per forward pass when tiling.
         thresholds_curve: thresholds of the test Jaccard curve (``test/jaccard_t0.10`` ...).
         scheduler_monitor: metric the scheduler watches (``val/jaccard``; maximised).
+        tta: test/predict probabilities are the mean over the 8 flips/90-degree rotations (validation during
+            training stays plain).
+        postprocess: ``{median: odd px, min_size: px}`` applied to test/predict probabilities (None = off); see
+            :mod:`calib_seg.tasks.seg_inference`.
 
     Load a checkpoint with ``SegmentationTask.load_from_checkpoint(path, model=<same architecture>)``: the model
     is not stored in the hyperparameters, its weights are in the state dict.
     """
+
+    spec = SPEC
 
     def __init__(
         self,
@@ -120,6 +151,8 @@ class SegmentationTask(pl.LightningModule):
         tile_batch_size: int = 4,
         thresholds_curve: Sequence[float] = DEFAULT_CURVE,
         scheduler_monitor: str = "val/jaccard",
+        tta: bool = False,
+        postprocess: dict[str, int] | None = None,
     ):
         super().__init__()
         if not 0.0 < float(threshold) < 1.0:
@@ -143,16 +176,14 @@ class SegmentationTask(pl.LightningModule):
         self.loss_fn = build_loss(loss)
         self.threshold = float(threshold)
         self.thresholds_curve = curve
+        self.tta = bool(tta)
+        self.postprocess = make_postprocess(postprocess, self.threshold)
+        self.hparams["postprocess"] = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
 
-        self.val_metrics = _main_metrics(self.threshold, "val/")
-        self.test_metrics = _main_metrics(self.threshold, "test/")
-        # The all-foreground baseline is a Jaccard of a constant "1" prediction against the same masks.
-        self.val_baseline = BinaryJaccardIndex(threshold=self.threshold)
-        self.test_baseline = BinaryJaccardIndex(threshold=self.threshold)
-        # One Jaccard per curve threshold. Inputs were already validated by test_metrics, so skip re-validation.
-        self.test_curve = nn.ModuleList(
-            BinaryJaccardIndex(threshold=t, validate_args=False) for t in self.thresholds_curve
-        )
+        # headline metrics at `threshold`, the all-foreground baseline and (test) the Jaccard-vs-threshold curve
+        self.val_metrics = stage_metrics("segmentation", "val", threshold=self.threshold)
+        self.test_metrics = stage_metrics("segmentation", "test", threshold=self.threshold,
+                                          thresholds_curve=self.thresholds_curve)
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +206,19 @@ class SegmentationTask(pl.LightningModule):
         )
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Foreground probabilities for whole images (see :meth:`predict_logits`)."""
-        return torch.sigmoid(self.predict_logits(images))
+        """Foreground probabilities for whole images (see :meth:`predict_logits`), with ``tta`` and
+        ``postprocess`` applied: the map the test metrics, ``evaluate`` and ``predict`` all use."""
+        plain = lambda x: torch.sigmoid(self.predict_logits(x))  # noqa: E731
+        probs = tta_proba(plain, images) if self.tta else plain(images)
+        return self.postprocess(probs)
+
+    @property
+    def inference_extras(self) -> str | None:
+        """Description of TTA / post-processing on test and predict probabilities, None when both are off."""
+        parts = (["mean over 8 flips/rotations"] if self.tta else []) + (
+            [self.postprocess.describe()] if self.postprocess.active else []
+        )
+        return ", then ".join(parts) or None
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -197,37 +239,31 @@ class SegmentationTask(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
-        logits = self.predict_logits(images)
+        if stage == "test" and self.inference_extras:  # the same map predict writes; loss on its logits
+            probs = self.predict_proba(images)
+            logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+        else:
+            logits = self.predict_logits(images)
+            probs = torch.sigmoid(logits)  # metrics get probabilities, never logits
         loss = self.loss_fn(logits, masks)
-        probs = torch.sigmoid(logits)  # metrics get probabilities, never logits
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        baseline = self.val_baseline if stage == "val" else self.test_baseline
-        metrics.update(probs, masks)
-        baseline.update(torch.ones_like(probs), masks)
+        (self.val_metrics if stage == "val" else self.test_metrics).update(probs, masks)
         n = images.shape[0]
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}/jaccard_all_foreground", baseline, on_step=False, on_epoch=True, batch_size=n)
         return probs, masks
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probs, masks = self._eval_step(batch, "test")
-        for metric in self.test_curve:
-            metric.update(probs, masks)
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        log_stage(self, self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        # Computed here (not via self.log(metric)) because best_threshold needs all curve values together.
-        values = torch.stack([m.compute() for m in self.test_curve])
-        for t, v in zip(self.thresholds_curve, values):
-            self.log(f"test/jaccard_t{t:.2f}", v)
-        self.log("test/best_threshold", torch.tensor(self.thresholds_curve[int(values.argmax())]))
-        for m in self.test_curve:
-            m.reset()
+        log_stage(self, self.test_metrics)
 
     def predict_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
         images = batch["image"] if isinstance(batch, dict) else batch
@@ -279,8 +315,11 @@ class SegmentationTask(pl.LightningModule):
             )
         for c in self.thresholds_curve:
             defs[f"test/jaccard_t{c:.2f}"] = (
-                f"BinaryJaccardIndex(threshold={c}) on sigmoid probabilities, test set"
+                f"foreground Jaccard of sigmoid probabilities > {c}, test set (JaccardCurve: one count state for "
+                "every threshold, BinaryJaccardIndex's arithmetic)"
             )
+        if self.inference_extras:
+            defs["test/jaccard"] += f"; test probabilities: {self.inference_extras}"
         defs["test/best_threshold"] = (
             "threshold of the test Jaccard curve with the highest Jaccard (diagnostic only; chosen on test data, "
             f"so the headline test/jaccard stays at threshold={t})"
