@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from helpers.paths import REPO
 
 SRC = REPO / "src" / "calib_seg"
 #: modules run as ``python -m calib_seg.<name>``; shared code lives in the modules they import

@@ -14,7 +14,8 @@ from calib_seg.config import compose
 from calib_seg.tasks.spec import all_specs, spec_of
 from calib_seg.train import run
 from calib_seg.validation import ConfigError, problems_in
-from conftest import REPO, TINY_BEADS, compose_run_cfg
+from helpers.configs import TINY_BEADS, compose_run_cfg
+from helpers.paths import REPO
 
 CONF = REPO / "conf"
 DATA = {"density": ["beads_synth", "beads_seed", "beads_folder"],
