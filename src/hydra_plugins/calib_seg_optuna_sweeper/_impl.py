@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 log.warning(f"Trial {t.number} was interrupted again: not retried")
                 continue
             origin = t.user_attrs.get("retry_of", t.number)
-            study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": t.params},
-                                         user_attrs={"retry_of": origin, "retry": retry}))
+            with warnings.catch_warnings():  # add_trial/create_trial are "experimental" in optuna 2.10
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": t.params},
+                                             user_attrs={"retry_of": origin, "retry": retry}))
             log.warning(f"Trial {t.number} was interrupted by a kill: failed, its parameters are tried again")
 
     def _save_results(self, study: optuna.Study) -> None:
