@@ -181,3 +181,24 @@ def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tm
     assert "pre-flight" in trials[1].user_attrs["reason"] and trials[1].user_attrs["run_status"] == "aborted"
     assert json.loads(next(tmp_path.glob("1_*/run.json")).read_text())["status"] == "aborted"
     assert "best_params: null" in (tmp_path / "optimization_results.yaml").read_text()
+
+
+def test_mito_search_hands_each_trials_model_lr_and_batch_to_its_job(tmp_path):
+    proc = _sweep("hparams_search=hpo_mito_optuna", "experiment=mito_quick", "debug=tiny_mito", "torch_threads=1",
+                  "test=false", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}")
+    err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    trials = _study(tmp_path, "hpo_mito_optuna").get_trials()
+    assert len(trials) == 2
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("reason")
+        assert t.params["model"] in ("unet", "attention_unet", "attention_resunet")
+        assert 1e-4 <= t.params["task.optimizer.lr"] <= 5e-3 and t.params["data.batch_size"] in (8, 16, 32)
+        record = json.loads((Path(t.user_attrs["job_dir"]) / "run.json").read_text())
+        assert (record["choices"]["model"], record["choices"]["lr"], record["choices"]["batch_size"]) == (
+            t.params["model"], t.params["task.optimizer.lr"], t.params["data.batch_size"])
+        assert record["config"]["run_name"] == "mito_quick"
+        if t.state == TrialState.COMPLETE:  # the told value is the job's best val/jaccard after its 1 epoch
+            assert record["epochs"] == 1 and t.value == pytest.approx(record["best_val"])
+        else:  # a guard abort (the pre-flight can stop a low-lr toy run at epoch 0)
+            assert record["status"] == "aborted" and t.user_attrs["reason"] == record["reason"]
