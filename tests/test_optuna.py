@@ -24,6 +24,7 @@ optuna = pytest.importorskip("optuna", reason="the hpo extra is not installed (m
 from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from calib_seg.report import build_report  # noqa: E402
 from conftest import REPO  # noqa: E402
 from hydra_plugins.calib_seg_optuna_sweeper._impl import (  # noqa: E402
     ResumableOptunaSweeperImpl,
@@ -161,6 +162,13 @@ def test_killed_sweep_resumes_to_the_requested_trials_without_repeating_finished
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "n_trials: 3" in results
 
+    # the report lists every trial, the interrupted one and its retry included
+    report = build_report(tmp_path, figures=False)
+    table = report.split("## Optuna study `density_optuna`")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["0", "1", "2", "3"]
+    assert "interrupted by a kill" in table and "retry of 2" in table
+
     # a third run of the same command has nothing left to do
     err = _finish(_sweep(*args))
     assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
@@ -181,6 +189,9 @@ def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tm
     assert "pre-flight" in trials[1].user_attrs["reason"] and trials[1].user_attrs["run_status"] == "aborted"
     assert json.loads(next(tmp_path.glob("1_*/run.json")).read_text())["status"] == "aborted"
     assert "best_params: null" in (tmp_path / "optimization_results.yaml").read_text()
+    report = build_report(tmp_path)
+    assert "2 trial(s): 1 fail, 1 pruned." in report and "trained 0 of their 1 planned epochs" in report
+    assert "optuna_history.png" not in report  # no completed trial: no history to draw
 
 
 def test_mito_search_hands_each_trials_model_lr_and_batch_to_its_job(tmp_path):
