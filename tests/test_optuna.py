@@ -194,6 +194,7 @@ def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tm
     assert "optuna_history.png" not in report  # no completed trial: no history to draw
 
 
+@pytest.mark.slow  # ~1 min of two toy trainings; the density sweeps above cover the sweeper in the fast tier
 def test_mito_search_hands_each_trials_model_lr_and_batch_to_its_job(tmp_path):
     proc = _sweep("hparams_search=hpo_mito_optuna", "experiment=mito_quick", "debug=tiny_mito", "torch_threads=1",
                   "test=false", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}")
