@@ -1,6 +1,6 @@
 """B1 density quality: our density model vs the oracle counter vs a classical LoG counter vs the training mean.
 
-Two data sets, both simulated by :mod:`calib_seg.data.beads` with the seed's physics (0.512 mm FOV, 4 um beads,
+Two data sets, both simulated by :mod:`calib_seg.data.simulators.beads` with the seed's physics (0.512 mm FOV, 4 um beads,
 dilutions 50x..51200x = 7964..15 beads/mm²):
 
 - ``seed_scale``: the seed study's size, 11 dilutions x 35 images = 385 images (the seed had 384). Full size:

@@ -71,9 +71,9 @@ def consume_rate(model: torch.nn.Module, batch: int, size: int, seg: bool, steps
 def main() -> None:
     from hydra.utils import instantiate
 
-    from calib_seg.data.bead_folder import BeadFolder, write_bead_folder
-    from calib_seg.data.beads import render_beads
-    from calib_seg.data.mito_synth import generate_mito_image
+    from calib_seg.data.simulators.beads import render_beads
+    from calib_seg.data.simulators.mito import generate_mito_image
+    from calib_seg.data.sources.bead_folder import BeadFolder, write_bead_folder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -122,7 +122,7 @@ def main() -> None:
 
     # --- Lucchi folder (PNG): read rate, patch loader ---------------------------------------------------
     if common.LUCCHI.is_dir():
-        from calib_seg.data.em import FolderSource
+        from calib_seg.data.sources.image_folder import FolderSource
 
         with common.Timer() as t:
             fs = FolderSource(common.LUCCHI)

@@ -66,7 +66,7 @@ def density_inputs(folder: Path, n: int) -> Path:
     import numpy as np
     import tifffile
 
-    from calib_seg.data.beads import BeadPhysics, dilution_series, render_beads
+    from calib_seg.data.simulators.beads import BeadPhysics, dilution_series, render_beads
 
     if folder.is_dir() and len(list(folder.glob("*.tif"))) == n:
         return folder
@@ -90,7 +90,7 @@ def seg_inputs(folder: Path) -> Path:
             if not (folder / f.name).exists():
                 shutil.copy(f, folder / f.name)
         return folder
-    from calib_seg.data.mito_synth import write_mito_folder
+    from calib_seg.data.sources.mito_synth import write_mito_folder
 
     write_mito_folder(folder.parent / "mito_synth", n_train=4, n_val=0, n_test=0, overwrite=True)
     return folder.parent / "mito_synth" / "train" / "images"

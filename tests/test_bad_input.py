@@ -9,10 +9,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from calib_seg.data import em, images
-from calib_seg.data.bead_folder import BeadFolder
-from calib_seg.data.em import EPFLSource, FolderSource
+from calib_seg.data import images
 from calib_seg.data.images import read_image, to_gray, to_unit_float
+from calib_seg.data.sources import image_folder
+from calib_seg.data.sources.bead_folder import BeadFolder
+from calib_seg.data.sources.epfl import EPFLSource
+from calib_seg.data.sources.image_folder import FolderSource
 
 
 def _pair(split_dir, stem, img, mask, ext=".png"):
@@ -131,7 +133,7 @@ def test_bead_folder_mixing_8_and_16_bit_images_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------ grey / RGB / 16 bit
 def test_em_reader_uses_the_one_conversion_of_calib_seg_data_images():
-    assert em.to_unit_float is images.to_unit_float
+    assert image_folder.to_unit_float is images.to_unit_float
 
 
 LEVELS = np.array([[0, 51, 102], [153, 204, 255]], np.uint8)
@@ -155,7 +157,7 @@ def test_grey_rgb_and_16_bit_files_of_the_same_picture_read_the_same(tmp_path, n
     Image.fromarray(array).save(path) if name.endswith(".png") else tifffile.imwrite(path, array)
     expected = LEVELS / 255.0
     np.testing.assert_allclose(read_image(path), expected, atol=1e-6)
-    np.testing.assert_allclose(to_unit_float(em.read_image_file(path)), expected, atol=1e-6)
+    np.testing.assert_allclose(to_unit_float(image_folder.read_image_file(path)), expected, atol=1e-6)
 
 
 def test_rgb_colours_become_itu601_luminance_in_float_and_rounded_in_stored_type():

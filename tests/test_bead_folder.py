@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from calib_seg.data.bead_folder import BeadFolder, parse_dilution, write_bead_folder
-from calib_seg.data.density import SyntheticBeads
+from calib_seg.data.sources.bead_folder import BeadFolder, parse_dilution, write_bead_folder
+from calib_seg.data.sources.beads_synth import SyntheticBeads
 
 SMALL = {"image_size": 32, "pixel_size_um": 16.0, "psf_sigma_um": 8.0}
 

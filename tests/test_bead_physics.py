@@ -1,4 +1,4 @@
-"""The bead simulator's documented physics (calib_seg.data.beads module docstring), one statement per test.
+"""The bead simulator's documented physics (calib_seg.data.simulators.beads module docstring), one statement per test.
 
 Most tests switch the camera to a near noise-free one (a huge full well, no read noise) so that intensities can
 be compared with the formulas of the docstring directly.
@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from calib_seg.data import beads
-from calib_seg.data.beads import BeadPhysics, render_beads
+from calib_seg.data.simulators import beads
+from calib_seg.data.simulators.beads import BeadPhysics, render_beads
 
 # 1 um pixels, sharp optics, flat illumination; photon noise ~0.1 % of the background, 1 ADU steps
 QUIET = BeadPhysics(image_size=48, pixel_size_um=1.0, psf_sigma_um=0.3, defocus_sigma_um=0.0, polydispersity=0.0,

@@ -11,7 +11,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 
-from calib_seg.data.beads import dilution_series
+from calib_seg.data.simulators.beads import dilution_series
 from calib_seg.metrics.calibration import (
     CalibrationSettings,
     assign_levels,
@@ -303,8 +303,8 @@ def test_evaluate_writes_the_same_columns_and_table_as_the_run(trained, tmp_path
 def test_predict_on_a_labelled_bead_folder_writes_the_label_columns_and_the_table(trained, tmp_path, capsys):  # noqa: F811
     from omegaconf import OmegaConf
 
-    from calib_seg.data.bead_folder import write_bead_folder
-    from calib_seg.data.density import SyntheticBeads
+    from calib_seg.data.sources.bead_folder import write_bead_folder
+    from calib_seg.data.sources.beads_synth import SyntheticBeads
     from calib_seg.predict import predict
 
     cfg, _ = trained

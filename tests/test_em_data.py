@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from calib_seg.data.augment import PairAugment
-from calib_seg.data.em import EPFLSource, FolderSource
-from calib_seg.data.segmentation import RandomPatchDataset, SegmentationDataModule, tile_starts
+from calib_seg.data.patches import RandomPatchDataset, tile_starts
+from calib_seg.data.segmentation import SegmentationDataModule
+from calib_seg.data.sources.epfl import EPFLSource
+from calib_seg.data.sources.image_folder import FolderSource
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -181,6 +183,96 @@ def test_folder_fingerprint_changes_when_a_file_changes(tmp_path):
     assert FolderSource(tmp_path / "ds").fingerprint()["files"]["sha256"] != fp1
 
 
+# ------------------------------------------------------------------------------------ flat folder layout
+def write_volume(root: Path, n=12, step=4, h=32, w=32):
+    """A flat folder of ``n`` slices named like the Lucchi set (vol_001, vol_005, ...), written in shuffled
+    order; slice k (in name order) has grey level 10*k+5 so a patch reveals its slice."""
+    names = [f"vol_{1 + step * k:03d}" for k in range(n)]
+    for k in np.random.default_rng(0).permutation(n):
+        write_pair(root, names[k], np.full((h, w), 10 * k + 5, np.uint8), blob_mask(h, w))
+    return names
+
+
+def _positions(split, names):
+    return [names.index(n) for n in split.names]
+
+
+@pytest.mark.parametrize(
+    ("block", "val_pos", "test_pos"),
+    [("last", range(6, 9), range(9, 12)), ("first", range(3, 6), range(0, 3)),
+     ("middle", range(3, 6), range(6, 9))],
+)
+def test_flat_layout_holds_out_contiguous_blocks_that_never_meet_training(tmp_path, block, val_pos, test_pos):
+    names = write_volume(tmp_path / "vol")
+    src = FolderSource(tmp_path / "vol", val_fraction=0.25, test_fraction=0.25, block=block)
+    tr, va, te = (src.split(s) for s in ("train", "val", "test"))
+    assert _positions(va, names) == list(val_pos) and _positions(te, names) == list(test_pos)
+    assert sorted(_positions(tr, names) + _positions(va, names) + _positions(te, names)) == list(range(12))
+    fp = src.fingerprint()
+    assert fp["layout"] == "flat" and fp["val_held_out_from_train"] == va.names
+    assert fp["held_out_blocks"]["val"] == {"slices": [val_pos[0], val_pos[-1] + 1], "names": va.names}
+    assert fp["held_out_blocks"]["test"]["names"] == te.names
+    # the pixels follow the names: a training patch never shows a held-out slice's grey level
+    dm = SegmentationDataModule(src, patch_size=16, patches_per_epoch=64, batch_size=8, augment=False)
+    dm.setup("fit")
+    seen = {round(float(v) * 255) for b in dm.train_dataloader() for v in b["image"][:, 0, 0, 0]}
+    assert seen and seen <= {10 * k + 5 for k in _positions(tr, names)}
+
+
+def test_flat_layout_explicit_blocks_gap_and_no_test_split(tmp_path):
+    names = write_volume(tmp_path / "vol")
+    src = FolderSource(tmp_path / "vol", val_block=[4, 7], test_block=[10, 12], gap=1)
+    assert _positions(src.split("val"), names) == [4, 5, 6]
+    assert _positions(src.split("test"), names) == [10, 11]
+    assert _positions(src.split("train"), names) == [0, 1, 2, 8]  # 3, 7 and 9 are the gaps
+    only_val = FolderSource(tmp_path / "vol", val_fraction=0.2)
+    assert _positions(only_val.split("val"), names) == [10, 11] and len(only_val.split("train")) == 10
+    with pytest.raises(FileNotFoundError, match="flat layout.*test_fraction"):
+        only_val.split("test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"val_fraction": 0.0}, "0 < val_fraction < 1"),
+     ({"val_fraction": 0.6, "test_fraction": 0.4}, "their sum < 1"),
+     ({"val_fraction": 0.5, "test_fraction": 0.49}, "no training slice left"),
+     ({"block": "centre"}, "block must be one of"),
+     ({"val_block": [3, 3]}, r"val_block=\[3, 3\] is not a non-empty range"),
+     ({"val_block": [10, 13]}, "inside the 12 slices"),
+     ({"val_block": [2, 5], "test_block": [4, 6]}, "overlap"),
+     ({"val_block": [2, 5], "test_fraction": 0.2}, "leave test_fraction=0"),
+     ({"test_block": [0, 2]}, "test_block needs val_block"),
+     ({"val_block": [0, 12]}, "no training slice left")],
+)
+def test_flat_layout_impossible_hold_outs_are_clear_errors(tmp_path, kwargs, message):
+    write_volume(tmp_path / "vol")
+    with pytest.raises(ValueError, match=message):
+        FolderSource(tmp_path / "vol", **kwargs)
+
+
+def test_flat_layout_refuses_names_whose_order_is_not_the_slice_order(tmp_path):
+    for k in (2, 10, 11):
+        write_pair(tmp_path / "vol", f"s{k}", np.zeros((32, 32), np.uint8), blob_mask(32, 32))
+    with pytest.raises(ValueError, match="zero-pad"):
+        FolderSource(tmp_path / "vol")
+
+
+def test_block_options_are_refused_for_the_split_layout(tmp_path):
+    for s in ("a", "b"):
+        write_pair(tmp_path / "ds" / "train", s, np.zeros((32, 32), np.uint8), blob_mask(32, 32))
+    with pytest.raises(ValueError, match=r"test_fraction, block apply to the flat layout .* only"):
+        FolderSource(tmp_path / "ds", test_fraction=0.2, block="first")
+    assert "layout" not in FolderSource(tmp_path / "ds").fingerprint()
+
+
+def test_flat_layout_reads_the_shared_lucchi_volume(shared_dir):
+    """The 42 real training slices (train_001, train_005, ...): validation is the last contiguous block."""
+    src = FolderSource(shared_dir / "data" / "lucchi_epfl_train", val_fraction=0.2)
+    va, tr = src.split("val").names, src.split("train").names
+    assert len(tr) + len(va) == 42 and len(va) == 8
+    assert va == [f"train_{1 + 4 * k:03d}" for k in range(34, 42)] and max(tr) < min(va)
+
+
 # ------------------------------------------------------------------------------------------- data module
 def test_batches_are_float_image_and_binary_mask_dicts_and_reproducible(tmp_path):
     rng = np.random.default_rng(1)
@@ -236,7 +328,7 @@ def test_min_foreground_sampler_raises_the_foreground_share_of_patches(tmp_path)
 
 
 def test_epochs_draw_fresh_patches():
-    from calib_seg.data.segmentation import EpochSampler
+    from calib_seg.data.patches import EpochSampler
 
     s = EpochSampler(4)
     first = list(s)
@@ -274,7 +366,7 @@ def test_augmentation_moves_image_and_mask_together_and_is_seeded():
 def test_empty_validation_split_is_refused():
     class NoVal:
         def split(self, name):
-            from calib_seg.data.em import SegSplit
+            from calib_seg.data.containers import SegSplit
 
             if name == "val":
                 return SegSplit([], [], [])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from calib_seg.data.em import FolderSource
-from calib_seg.data.mito_synth import MitoSynthSource, generate_mito_image, write_mito_folder
+from calib_seg.data.simulators.mito import GENERATOR_VERSION, generate_mito_image
+from calib_seg.data.sources.image_folder import FolderSource
+from calib_seg.data.sources.mito_synth import MitoSynthSource, write_mito_folder
 
 skimage_filters = pytest.importorskip("skimage.filters")
 
@@ -35,6 +37,19 @@ def test_same_seed_gives_identical_images_and_different_seeds_differ():
     c_img, _ = generate_mito_image(256, 256, seed=8)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_m, b_m)
     assert not np.array_equal(a_img, c_img)
+
+
+def test_generator_version_pins_the_exact_images_of_a_seed():
+    """The images of a seed are part of the generator version: change one pixel, bump GENERATOR_VERSION.
+
+    Hash measured with numpy 2.4 / scipy 1.17 on x86-64 (the pinned constraints.txt).
+    """
+    img, mask = generate_mito_image(64, 96, seed=0)
+    digest = hashlib.sha256(img.tobytes() + mask.tobytes()).hexdigest()
+    assert GENERATOR_VERSION == "mito_synth/2"
+    assert digest == "363f6d14f1c260a85fb70fd05669ba4a25d7cd9bfa5f3fc354ee308c81bf4b24", (
+        "generated images changed: if intended, bump GENERATOR_VERSION and update this hash"
+    )
 
 
 def test_images_are_8bit_quantised_unit_floats_and_masks_binary():

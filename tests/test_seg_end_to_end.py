@@ -78,7 +78,7 @@ def test_evaluate_reproduces_the_segmentation_test_metrics_from_the_checkpoint(c
 
 def test_predict_writes_masks_whose_jaccard_is_the_test_steps_and_keeps_stacks_as_stacks(cli_run, tmp_path):
     """The run's test images (128 px, larger than the 64 px patch: tiled) as PNG files and as one TIFF stack."""
-    from calib_seg.data.mito_synth import MitoSynthSource
+    from calib_seg.data.sources.mito_synth import MitoSynthSource
 
     run_cfg = OmegaConf.load(cli_run / ".hydra" / "config.yaml")
     test = MitoSynthSource(**{k: v for k, v in OmegaConf.to_container(run_cfg.data.source).items()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib_seg.data.bead_folder import BeadFolder
-from calib_seg.data.em import FolderSource
+from calib_seg.data.sources.bead_folder import BeadFolder
+from calib_seg.data.sources.image_folder import FolderSource
 from calib_seg.synth import main
 
 

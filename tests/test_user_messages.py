@@ -24,8 +24,8 @@ from PIL import Image
 
 from calib_seg.cli import override_problems
 from calib_seg.config import compose
-from calib_seg.data.bead_folder import BeadFolder
-from calib_seg.data.em import FolderSource
+from calib_seg.data.sources.bead_folder import BeadFolder
+from calib_seg.data.sources.image_folder import FolderSource
 from calib_seg.data.splits import split_note, stratified_split
 from calib_seg.synth import main as synth_main
 from calib_seg.train import run

@@ -104,8 +104,8 @@ def training_camera(run_cfg: DictConfig) -> tuple[int | None, float | None]:
     source = (run_cfg.get("data") or {}).get("source") or {}
     physics = source.get("physics") or {}
     if "SyntheticBeads" in str(source.get("_target_", "")):
-        # the simulator's defaults when the config leaves them out (calib_seg.data.beads.BeadPhysics)
-        from calib_seg.data.beads import BeadPhysics
+        # the simulator's defaults when the config leaves them out (calib_seg.data.simulators.beads.BeadPhysics)
+        from calib_seg.data.simulators.beads import BeadPhysics
 
         defaults = BeadPhysics()
         bit = physics.get("bit_depth") or defaults.bit_depth

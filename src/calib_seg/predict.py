@@ -121,11 +121,11 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
 
 def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
     """Add ``dilution``, ``nominal``, ``predicted``, ``count`` to ``rows`` when ``inp`` is a labelled bead folder
-    (``manifest.csv`` or names like ``50x_001.tif``, see :class:`~calib_seg.data.bead_folder.BeadFolder`).
+    (``manifest.csv`` or names like ``50x_001.tif``, see :class:`~calib_seg.data.sources.bead_folder.BeadFolder`).
 
     Returns whether every row got a label (single-frame images only: a stack has no per-frame label).
     """
-    from calib_seg.data.bead_folder import BeadFolder
+    from calib_seg.data.sources.bead_folder import BeadFolder
 
     if not inp.is_dir():
         return False

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 
 def _beads(args: argparse.Namespace) -> Path:
     from calib_seg.config import compose
-    from calib_seg.data.bead_folder import write_bead_folder
+    from calib_seg.data.sources.bead_folder import write_bead_folder
 
     overrides = [f"data={args.preset}"]
     if args.n_per_level is not None:
@@ -52,7 +52,7 @@ def check_mito_size(size: int) -> None:
 
 
 def _mito(args: argparse.Namespace) -> Path:
-    from calib_seg.data.mito_synth import write_mito_folder
+    from calib_seg.data.sources.mito_synth import write_mito_folder
 
     check_mito_size(args.size)  # before writing: a set the printed command cannot train on helps nobody
     out = Path(args.out)

@@ -1,15 +1,15 @@
-"""Bead density data: sources (synthetic simulator, folder + manifest) and the LightningDataModule.
+"""Bead density DataModule: splits a :class:`~calib_seg.data.containers.BeadSet` and serves its batches.
 
-A *source* turns configuration into a :class:`BeadSet` (all images and labels in memory, as stored: uint8/uint16
-plus the scale that maps them to [0, 1]). The :class:`DensityDataModule` splits a BeadSet the same way whatever
-its origin, and serves batches ``{"image", "density", "dilution", "count"}`` (see docs/CONVENTIONS.md).
+A density source (:mod:`calib_seg.data.sources`: ``beads_synth``, ``bead_folder``) turns configuration into a
+BeadSet (all images and labels in memory, as stored: uint8/uint16 plus the scale that maps them to [0, 1]).
+:class:`DensityDataModule` splits it the same way whatever its origin (stratified by dilution, seeded, see
+:mod:`calib_seg.data.splits`), and serves batches ``{"image", "density", "dilution", "count", "index"}``
+(see docs/CONVENTIONS.md).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,90 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional import r2_score
 
-from calib_seg.data.beads import (
-    SEED_DENSITY_RANGE,
-    SEED_DILUTIONS,
-    BeadPhysics,
-    dilution_series,
-    render_beads,
-)
+from calib_seg.data.containers import BeadSet
+from calib_seg.data.sources.protocol import DensitySource
 from calib_seg.data.splits import Split, split_note, stratified_split
-from calib_seg.fileio import content_hash
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BeadSet:
-    """Images with their labels, as loaded or simulated (before any split)."""
-
-    images: np.ndarray  # (N, H, W) uint8 / uint16 / float32
-    scale: float  # images / scale lies in [0, 1]
-    density: np.ndarray  # (N,) nominal beads/mm²
-    dilution: np.ndarray  # (N,) dilution factor (NaN when unknown)
-    count: np.ndarray  # (N,) realised beads in the FOV (NaN when unknown)
-    names: list[str]
-    fov_area_mm2: float | None  # None when the pixel size is unknown
-    fingerprint: dict[str, Any]
-    centres_um: list[np.ndarray] | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.density)
-
-
-class SyntheticBeads:
-    """Simulated dilution series: ``n_per_level`` images at each dilution (see :mod:`calib_seg.data.beads`).
-
-    ``levels`` may give explicit ``{dilution: density}`` pairs; otherwise ``dilutions`` and ``density_range`` define a
-    geometric series (the seed's 50x..51200x, 7964..15 beads/mm²).
-    """
-
-    def __init__(
-        self,
-        n_per_level: int = 35,
-        physics: Mapping[str, Any] | None = None,
-        dilutions: list[float] | None = None,
-        density_range: list[float] | None = None,
-        levels: Mapping[float, float] | None = None,
-        seed: int = 0,
-    ) -> None:
-        if n_per_level < 1:
-            raise ValueError(f"n_per_level must be >= 1, got {n_per_level}")
-        self.n_per_level = int(n_per_level)
-        self.physics = BeadPhysics(**dict(physics or {}))
-        if levels:
-            self.levels = {float(k): float(v) for k, v in dict(levels).items()}
-        else:
-            self.levels = dilution_series(tuple(dilutions or SEED_DILUTIONS), tuple(density_range or SEED_DENSITY_RANGE))
-        self.seed = int(seed)
-
-    def params(self) -> dict[str, Any]:
-        """Everything that determines the images (the data fingerprint of a synthetic set)."""
-        return {"source": "synthetic_beads", "n_per_level": self.n_per_level, "seed": self.seed,
-                "levels": {str(k): v for k, v in self.levels.items()}, "physics": self.physics.to_dict()}
-
-    def load(self, progress: bool = False) -> BeadSet:
-        """Simulate the whole set (deterministic for a given seed)."""
-        rng = np.random.default_rng(self.seed)
-        jobs = [(dil, dens) for dil, dens in self.levels.items() for _ in range(self.n_per_level)]
-        iterator = jobs
-        if progress and len(jobs) > 200:
-            from rich.progress import track
-
-            iterator = track(jobs, description="simulating beads")
-        sims = [render_beads(rng, dens, dil, self.physics) for dil, dens in iterator]
-        return BeadSet(
-            images=np.stack([s.image for s in sims]),
-            scale=float(self.physics.max_adu),
-            density=np.array([s.density for s in sims]),
-            dilution=np.array([s.dilution for s in sims]),
-            count=np.array([s.count for s in sims], dtype=float),
-            names=[f"{int(s.dilution)}x_{i:04d}" for i, s in enumerate(sims)],
-            fov_area_mm2=self.physics.fov_area_mm2,
-            fingerprint={**self.params(), "sha256": content_hash(self.params())},
-            centres_um=[s.centres_um for s in sims],
-        )
-
 
 
 class _BeadDataset(Dataset):
@@ -138,7 +59,8 @@ class DensityDataModule(pl.LightningDataModule):
     """Splits a bead source (stratified by dilution, seeded) and serves train/val/test loaders.
 
     Args:
-        source: an object with ``load() -> BeadSet`` (:class:`SyntheticBeads`, :class:`~calib_seg.data.bead_folder.BeadFolder`).
+        source: a :class:`~calib_seg.data.sources.protocol.DensitySource` (``load() -> BeadSet``), e.g.
+            :class:`~calib_seg.data.sources.beads_synth.SyntheticBeads`, :class:`~calib_seg.data.sources.bead_folder.BeadFolder`.
         batch_size: images per training batch.
         val_fraction, test_fraction: share of each dilution level in val and test.
         split_seed: seed of the split (independent of the simulation seed).
@@ -150,7 +72,7 @@ class DensityDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Any,
+        source: DensitySource,
         batch_size: int = 32,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,

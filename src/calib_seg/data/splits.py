@@ -1,6 +1,7 @@
 """Seeded train/val/test splits stratified by a label (dilution level), with an extrapolation hold-out.
 
-One function for synthetic and folder sources alike, so both are split the same way.
+One function for synthetic and folder bead sources alike, so both are split the same way; and contiguous
+slice blocks (:func:`contiguous_blocks`) for the slices of one EM volume, where random hold-outs would leak.
 """
 
 from __future__ import annotations
@@ -104,3 +105,93 @@ def split_note(split: Split, val_fraction: float, test_fraction: float, holdout:
     return (f"split {names} is {counts} images = {shares} %, not the requested {wanted} % (too few images per "
             "dilution: each keeps at least one in val and in test); "
             "metrics on small splits are noisy")
+
+
+BLOCK_POSITIONS = ("first", "middle", "last")
+
+
+def _check_block(block: Sequence[int], n: int, name: str) -> tuple[int, int]:
+    if len(block) != 2:
+        raise ValueError(f"{name} must be [start, stop) slice indices, got {list(block)}")
+    a, b = int(block[0]), int(block[1])
+    if not 0 <= a < b <= n:
+        raise ValueError(f"{name}={[a, b]} is not a non-empty range [start, stop) inside the {n} slices (0..{n})")
+    return a, b
+
+
+def _block_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 < val_fraction < 1, 0 <= test_fraction < 1 and their sum < 1, "
+                         f"got val_fraction={val_fraction}, test_fraction={test_fraction}")
+    n_val = max(1, int(round(n * val_fraction)))
+    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 else 0
+    return n_val, n_test
+
+
+def _held_out_ranges(
+    n: int, val_fraction: float, test_fraction: float, block: str | None,
+    val_block: Sequence[int] | None, test_block: Sequence[int] | None,
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """``[start, stop)`` of the validation block and of the test block (None: no test) of ``n`` slices."""
+    if val_block is not None:
+        if test_fraction or block is not None:
+            raise ValueError("val_block/test_block give the held-out slices explicitly: leave test_fraction=0 and "
+                             f"block unset (got test_fraction={test_fraction}, block={block!r})")
+        va = _check_block(val_block, n, "val_block")
+        te = _check_block(test_block, n, "test_block") if test_block is not None else None
+        if te is not None and te[0] < va[1] and va[0] < te[1]:
+            raise ValueError(f"val_block={list(va)} and test_block={list(te)} overlap")
+    elif test_block is not None:
+        raise ValueError("test_block needs val_block too (or use val_fraction/test_fraction with block)")
+    else:
+        block = block or "last"
+        if block not in BLOCK_POSITIONS:
+            raise ValueError(f"block must be one of {BLOCK_POSITIONS}, got {block!r}")
+        n_val, n_test = _block_sizes(n, val_fraction, test_fraction)
+        start = {"first": 0, "last": n - n_val - n_test, "middle": (n - n_val - n_test) // 2}[block]
+        if start < 0:
+            raise ValueError(f"{n} slices cannot hold {n_val} validation and {n_test} test slices "
+                             f"(val_fraction={val_fraction}, test_fraction={test_fraction})")
+        # val borders training, test sits on the far side of it (mirrored for "first")
+        va = (start + n_test, start + n_test + n_val) if block == "first" else (start, start + n_val)
+        te = ((start, start + n_test) if block == "first" else (va[1], va[1] + n_test)) if n_test else None
+    return va, te
+
+
+def contiguous_blocks(
+    n: int,
+    val_fraction: float = 0.25,
+    test_fraction: float = 0.0,
+    block: str | None = None,
+    val_block: Sequence[int] | None = None,
+    test_block: Sequence[int] | None = None,
+    gap: int = 0,
+) -> Split:
+    """Split ``n`` ordered slices of one volume into training and contiguous held-out blocks (never random slices).
+
+    Neighbouring slices of a volume are nearly identical, so a slice held out at random sits between two
+    training slices and validation leaks. Here validation (and optionally test) is one contiguous block each:
+
+    - by fraction: ``round(n * val_fraction)`` slices (at least 1) for val and ``round(n * test_fraction)``
+      (at least 1 when > 0) for test, placed together at the ``block`` position: ``last`` (None) -> train|val|test,
+      ``first`` -> test|val|train, ``middle`` -> train|val|test|train (centred);
+    - explicitly: ``val_block`` / ``test_block`` as ``[start, stop)`` indices (then the fractions and
+      ``block`` must be left unset: ``test_fraction=0``, ``block=None``).
+
+    ``gap`` slices at every boundary between a held-out block and training are dropped from training.
+
+    Raises:
+        ValueError: impossible fractions, blocks outside ``0..n`` or overlapping, or no training slice left.
+    """
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0 slices, got {gap}")
+    va, te = _held_out_ranges(n, val_fraction, test_fraction, block, val_block, test_block)
+    near = np.zeros(n, bool)  # held out, or within ``gap`` of a held-out block
+    for a, b in [va] + ([te] if te else []):
+        near[max(0, a - gap) : min(n, b + gap)] = True
+    train = np.flatnonzero(~near)
+    if len(train) < 1:
+        raise ValueError(f"no training slice left: {n} slices, val {list(va)}, test {list(te) if te else None}, "
+                         f"gap {gap}; lower the held-out fractions or the gap")
+    test = np.arange(*te) if te else np.array([], int)
+    return Split(train, np.arange(*va), test)

@@ -16,20 +16,17 @@ Modelled on FIB-SEM slices of CA1 hippocampus (EPFL/Lucchi, ~5 nm pixels, 768x10
 4. **Imaging**: slow illumination drift, Gaussian blur, Gaussian + signal-dependent noise, 8-bit quantisation.
 
 All randomness comes from one ``numpy.random.Generator``; operations are vectorised numpy/scipy
-(about 0.3 s for a 768x1024 image on one core).
+(about 0.3 s for a 768x1024 image on one core). Each stage is one function (``draw_*``, then
+:func:`image_like_a_microscope`), called in that order by :func:`generate_mito_image`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
-
-from calib_seg.data.em import SegSplit
-from calib_seg.fileio import content_hash, refuse_existing_output
 
 GENERATOR_VERSION = "mito_synth/2"
 
@@ -154,26 +151,19 @@ def _capsule(
     return (slice(y0, y1), slice(x0, x1)), radius + wob - d, u
 
 
-def generate_mito_image(
-    height: int = 768,
-    width: int = 1024,
-    seed: int | np.random.Generator = 0,
-    params: MitoSynthParams | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic EM image and its mitochondria mask.
+@dataclass
+class Neuropil:
+    """The neurite canvas of stage 1 and what the later stages read from it."""
 
-    Returns:
-        image: float32 (height, width) in [0, 1], quantised to 8-bit levels like a real EM slice.
-        mask: uint8 (height, width) in {0, 1}.
-    """
-    p = params or MitoSynthParams()
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    h, w = int(height), int(width)
-    if h < 32 or w < 32:
-        raise ValueError(f"image size must be at least 32x32, got {h}x{w}")
-    mpx = h * w / 1e6
+    image: np.ndarray  # float32 (h, w); later stages draw on it in place
+    label: np.ndarray  # (h, w) neurite id per pixel
+    level: np.ndarray  # (n_cells,) cytoplasm grey level per neurite
+    bouton: np.ndarray  # (n_cells,) bool: neurite packed with synaptic vesicles
+    grain: np.ndarray  # (h, w) fine granular texture, reused inside organelles
 
-    # 1. neurites: per-cell cytoplasm level, texture, membranes
+
+def draw_neurites(rng: np.random.Generator, h: int, w: int, p: MitoSynthParams) -> Neuropil:
+    """Stage 1: per-cell cytoplasm level, texture, dark dendrites with streaks, membranes."""
     label, gap = _cells(rng, h, w, p)
     n_cells = int(label.max()) + 1
     level = rng.uniform(*p.cytoplasm_level, n_cells).astype(np.float32)
@@ -191,11 +181,16 @@ def generate_mito_image(
     img += np.where(dark[label], 0.5 * streak / (streak.std() + 1e-8) * 0.05, 0)
     mem_dark = p.membrane_darkness * (0.75 + 0.25 * _smooth_noise(rng, (h, w), 25)).clip(0.3, 1.4)
     img -= mem_dark * np.exp(-((gap / p.membrane_width) ** 2))
+    return Neuropil(img, label, level, bouton, grain)
 
-    # vesicles in boutons (rings ~4-6 px), sparse dark specks elsewhere
+
+def draw_vesicles(rng: np.random.Generator, cell: Neuropil, mpx: float) -> None:
+    """Stage 1: vesicles in boutons (rings ~4-6 px), sparse dark specks elsewhere."""
+    img, label = cell.image, cell.label
+    h, w = img.shape
     n_ves = int(9000 * mpx)
     vc = rng.random((n_ves, 2)) * [h, w]
-    vc = vc[bouton[label[vc[:, 0].astype(int), vc[:, 1].astype(int)]]]
+    vc = vc[cell.bouton[label[vc[:, 0].astype(int), vc[:, 1].astype(int)]]]
     n_sp = int(4000 * mpx)
     sc = rng.random((n_sp, 2)) * [h, w]
     centres = np.concatenate([vc, sc])
@@ -208,7 +203,10 @@ def generate_mito_image(
         img -= np.where(r > 3.0, 0.26 * ring, 0.2 * (dist < r + 0.5))
         img -= np.where((r > 3.0) & (dist < r), 0.02, 0)
 
-    # small dark round organelles (dense-core vesicles, endosomes): similar darkness to mitochondria
+
+def draw_dark_organelles(rng: np.random.Generator, img: np.ndarray, p: MitoSynthParams, mpx: float) -> None:
+    """Stage 1: small dark round organelles (dense-core vesicles, endosomes), as dark as mitochondria."""
+    h, w = img.shape
     n_org = rng.poisson(p.dark_organelles_per_mpx * mpx)
     for _ in range(n_org):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
@@ -217,53 +215,77 @@ def generate_mito_image(
         a = np.clip(depth + 0.5, 0, 1)
         img[sl] = img[sl] * (1 - a) + a * (rng.uniform(0.25, 0.42) + 0.02 * rng.standard_normal(a.shape))
 
-    # 2. mitochondria, placed without overlap until the target foreground fraction is reached
+
+def _mito_matrix(
+    rng: np.random.Generator, depth: np.ndarray, u: np.ndarray, grain: np.ndarray, p: MitoSynthParams
+) -> np.ndarray:
+    """Grey levels inside one mitochondrion: matrix with lamellar cristae across the long axis, dark double
+    outer membrane."""
+    lvl = rng.uniform(*p.mito_level)
+    period = rng.uniform(*p.cristae_period)
+    phase = _smooth_noise(rng, depth.shape, 5.0) * 2.2  # wavy, irregular lamellae
+    ang2 = rng.normal(0, 0.35)
+    v_axis = depth  # cristae run roughly across; tilting them by mixing in depth breaks regularity
+    cristae = np.cos(2 * np.pi * (u * np.cos(ang2) + v_axis * np.sin(ang2)) / period + phase)
+    mottle = _smooth_noise(rng, depth.shape, 2.5)
+    matrix = lvl + rng.uniform(*p.cristae_contrast) * cristae + 0.03 * grain + 0.03 * mottle
+    md = rng.uniform(*p.mito_membrane_darkness)
+    matrix -= md * (np.exp(-(((depth - 1.2) / 1.1) ** 2)) + 0.7 * np.exp(-(((depth - 3.8) / 1.1) ** 2)))
+    return matrix
+
+
+def _place_mitochondrion(rng: np.random.Generator, cell: Neuropil, mask: np.ndarray, p: MitoSynthParams) -> float:
+    """One attempt to draw a mitochondrion at a random place; returns its area (0 when it would overlap)."""
+    img, grain = cell.image, cell.grain
+    h, w = mask.shape
+    r = rng.uniform(*p.mito_radius)
+    length = (
+        0.0
+        if rng.random() < p.round_fraction
+        else rng.uniform(*p.mito_length) * min(1.0, min(h, w) / 400)
+    )
+    ang, bend = rng.uniform(0, np.pi), rng.normal(0, 0.08) * length
+    cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
+    halo = rng.uniform(1.0, 4.0)
+    res = _capsule(rng, cy, cx, r, length, ang, bend, (h, w), halo + 6)
+    if res is None:
+        return 0.0
+    sl, depth, u = res
+    inside = depth > 0
+    if not inside.any() or mask[sl][depth > -halo - 4].any():
+        return 0.0  # no overlap, and keep a halo between neighbours like real membranes
+    # light cytoplasm halo and (often) the enclosing neurite membrane around the organelle
+    # the halo takes the grey level of the host neurite (no tell-tale bright ring around every organelle)
+    host = cell.level[cell.label[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))]]
+    a_halo = np.clip(depth + halo + 1, 0, 1)
+    local = img[sl]
+    local = local * (1 - a_halo) + a_halo * (host + 0.05 * grain[sl])
+    if rng.random() < p.wrapped_fraction:
+        local -= p.membrane_darkness * 0.8 * np.exp(-(((depth + halo + 1.5) / p.membrane_width) ** 2))
+    matrix = _mito_matrix(rng, depth, u, grain[sl], p)
+    a = np.clip(depth + 0.5, 0, 1)
+    img[sl] = local * (1 - a) + a * matrix
+    mask[sl] |= inside.astype(np.uint8)
+    return float(inside.sum())
+
+
+def draw_mitochondria(rng: np.random.Generator, cell: Neuropil, p: MitoSynthParams) -> np.ndarray:
+    """Stage 2: mitochondria placed without overlap until the target foreground fraction; returns the mask."""
+    h, w = cell.image.shape
     mask = np.zeros((h, w), dtype=np.uint8)
     target = rng.uniform(*p.foreground_fraction) * h * w
     area, tries = 0.0, 0
     while area < target and tries < 400:
         tries += 1
-        r = rng.uniform(*p.mito_radius)
-        length = (
-            0.0
-            if rng.random() < p.round_fraction
-            else rng.uniform(*p.mito_length) * min(1.0, min(h, w) / 400)
-        )
-        ang, bend = rng.uniform(0, np.pi), rng.normal(0, 0.08) * length
-        cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
-        halo = rng.uniform(1.0, 4.0)
-        res = _capsule(rng, cy, cx, r, length, ang, bend, (h, w), halo + 6)
-        if res is None:
-            continue
-        sl, depth, u = res
-        inside = depth > 0
-        if not inside.any() or mask[sl][depth > -halo - 4].any():
-            continue  # no overlap, and keep a halo between neighbours like real membranes
-        # light cytoplasm halo and (often) the enclosing neurite membrane around the organelle
-        # the halo takes the grey level of the host neurite (no tell-tale bright ring around every organelle)
-        host = level[label[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))]]
-        a_halo = np.clip(depth + halo + 1, 0, 1)
-        local = img[sl]
-        local = local * (1 - a_halo) + a_halo * (host + 0.05 * grain[sl])
-        if rng.random() < p.wrapped_fraction:
-            local -= p.membrane_darkness * 0.8 * np.exp(-(((depth + halo + 1.5) / p.membrane_width) ** 2))
-        # matrix with lamellar cristae across the long axis, a dark double outer membrane
-        lvl = rng.uniform(*p.mito_level)
-        period = rng.uniform(*p.cristae_period)
-        phase = _smooth_noise(rng, depth.shape, 5.0) * 2.2  # wavy, irregular lamellae
-        ang2 = rng.normal(0, 0.35)
-        v_axis = depth  # cristae run roughly across; tilting them by mixing in depth breaks regularity
-        cristae = np.cos(2 * np.pi * (u * np.cos(ang2) + v_axis * np.sin(ang2)) / period + phase)
-        mottle = _smooth_noise(rng, depth.shape, 2.5)
-        matrix = lvl + rng.uniform(*p.cristae_contrast) * cristae + 0.03 * grain[sl] + 0.03 * mottle
-        md = rng.uniform(*p.mito_membrane_darkness)
-        matrix -= md * (np.exp(-(((depth - 1.2) / 1.1) ** 2)) + 0.7 * np.exp(-(((depth - 3.8) / 1.1) ** 2)))
-        a = np.clip(depth + 0.5, 0, 1)
-        img[sl] = local * (1 - a) + a * matrix
-        mask[sl] |= inside.astype(np.uint8)
-        area += float(inside.sum())
+        area += _place_mitochondrion(rng, cell, mask, p)
+    return mask
 
-    # 3. distractors drawn over everything: myelinated axons and staining smudges
+
+def draw_myelin(
+    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, grain: np.ndarray, p: MitoSynthParams, mpx: float
+) -> None:
+    """Stage 3: myelinated axons (light axoplasm in a thick dark sheath) drawn over everything, mask included."""
+    h, w = img.shape
     for _ in range(rng.poisson(p.myelin_per_mpx * mpx)):
         R, th = rng.uniform(30, 65), rng.uniform(7, 15)
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
@@ -276,7 +298,11 @@ def generate_mito_image(
         img[sl] = img[sl] * (1 - a_in) + a_in * inner
         img[sl] = img[sl] * (1 - a) + a * (rng.uniform(0.18, 0.3) + 0.03 * grain[sl])
         mask[sl][depth > 0] = 0  # an axon drawn on top hides whatever mitochondrion was there
-    # smudges are smooth: build them on a 4x coarser grid (16x fewer pixels to filter) and upsample
+
+
+def draw_smudges(rng: np.random.Generator, img: np.ndarray, p: MitoSynthParams, mpx: float) -> None:
+    """Stage 3: dark staining smudges, smooth, so built on a 4x coarser grid (16x fewer pixels) and upsampled."""
+    h, w = img.shape
     hs, ws = h // 4 + 1, w // 4 + 1
     smudge = np.zeros((hs, ws), np.float32)
     for _ in range(rng.poisson(p.smudges_per_mpx * mpx)):
@@ -286,136 +312,42 @@ def generate_mito_image(
         smudge = ndimage.zoom(smudge * (0.2 / smudge.max()), 4, order=1)[:h, :w]
         img -= smudge
 
-    # 4. imaging: illumination drift, blur, noise, 8-bit quantisation
+
+def image_like_a_microscope(rng: np.random.Generator, img: np.ndarray, p: MitoSynthParams) -> np.ndarray:
+    """Stage 4: illumination drift, blur, Gaussian + signal-dependent noise, 8-bit quantisation."""
+    h, w = img.shape
     img += p.illumination * _smooth_noise(rng, (h, w), 150)
     img = ndimage.gaussian_filter(img, p.blur_sigma)
     img += rng.standard_normal((h, w)).astype(np.float32) * p.noise_std * (0.6 + 0.6 * img.clip(0, 1))
-    img = np.round(np.clip(img, 0, 1) * 255) / 255
+    return np.round(np.clip(img, 0, 1) * 255) / 255
+
+
+def generate_mito_image(
+    height: int = 768,
+    width: int = 1024,
+    seed: int | np.random.Generator = 0,
+    params: MitoSynthParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic EM image and its mitochondria mask: the four stages of the module docstring in order.
+
+    Every stage draws from the same generator in a fixed order, so the images of a seed are fixed by
+    :data:`GENERATOR_VERSION`; a change to any stage that alters them must bump it.
+
+    Returns:
+        image: float32 (height, width) in [0, 1], quantised to 8-bit levels like a real EM slice.
+        mask: uint8 (height, width) in {0, 1}.
+    """
+    p = params or MitoSynthParams()
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    h, w = int(height), int(width)
+    if h < 32 or w < 32:
+        raise ValueError(f"image size must be at least 32x32, got {h}x{w}")
+    mpx = h * w / 1e6
+    cell = draw_neurites(rng, h, w, p)
+    draw_vesicles(rng, cell, mpx)
+    draw_dark_organelles(rng, cell.image, p, mpx)
+    mask = draw_mitochondria(rng, cell, p)
+    draw_myelin(rng, cell.image, mask, cell.grain, p, mpx)
+    draw_smudges(rng, cell.image, p, mpx)
+    img = image_like_a_microscope(rng, cell.image, p)
     return img.astype(np.float32), mask
-
-
-def _params_from(params: MitoSynthParams | dict | None) -> MitoSynthParams:
-    if params is None:
-        return MitoSynthParams()
-    if isinstance(params, MitoSynthParams):
-        return params
-    known = set(MitoSynthParams.__dataclass_fields__)
-    unknown = set(params) - known
-    if unknown:
-        raise ValueError(f"unknown mito_synth parameter(s) {sorted(unknown)}; known: {sorted(known)}")
-    fixed = {
-        k: tuple(v) if isinstance(v, list | tuple) or hasattr(v, "__len__") else v for k, v in params.items()
-    }
-    return MitoSynthParams(**fixed)
-
-
-def generate_split(
-    n: int, height: int, width: int, seed: int, split: str, params: MitoSynthParams | None = None
-) -> SegSplit:
-    """``n`` images of one split; image ``i`` of ``split`` depends only on (seed, split, i)."""
-    split_id = {"train": 0, "val": 1, "test": 2}[split]
-    images, masks = [], []
-    for i in range(n):
-        img, m = generate_mito_image(height, width, np.random.default_rng([seed, split_id, i]), params)
-        images.append(img)
-        masks.append(m)
-    return SegSplit(images, masks, [f"{split}_{i:03d}" for i in range(n)])
-
-
-class MitoSynthSource:
-    """Synthetic EM source for :class:`~calib_seg.data.segmentation.SegmentationDataModule`.
-
-    Images are generated lazily on first use and cached; train/val/test images come from disjoint seed
-    streams, so validation and test are whole unseen images.
-
-    Args:
-        n_train, n_val, n_test: images per split.
-        height, width: image size in pixels.
-        seed: generator seed.
-        params: :class:`MitoSynthParams` or a dict of overrides (unknown keys are an error).
-    """
-
-    def __init__(
-        self,
-        n_train: int = 8,
-        n_val: int = 2,
-        n_test: int = 2,
-        height: int = 512,
-        width: int = 512,
-        seed: int = 0,
-        params: MitoSynthParams | dict | None = None,
-    ):
-        for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if n < 1:
-                raise ValueError(f"{name} must be >= 1, got {n}")
-        self.n = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
-        self.height, self.width, self.seed = int(height), int(width), int(seed)
-        self.params = _params_from(params)
-        self._cache: dict[str, SegSplit] = {}
-
-    def split(self, name: str) -> SegSplit:
-        """Generate (once) and return ``train``/``val``/``test``."""
-        if name not in self.n:
-            raise ValueError(f"unknown split {name!r}; expected train, val or test")
-        if name not in self._cache:
-            self._cache[name] = generate_split(
-                self.n[name], self.height, self.width, self.seed, name, self.params
-            )
-        return self._cache[name]
-
-    def fingerprint(self) -> dict:
-        """Generator version and every parameter: enough to regenerate the exact images."""
-        fp = {
-            "source": "mito_synth",
-            "generator": GENERATOR_VERSION,
-            "seed": self.seed,
-            "size": [self.height, self.width],
-            "n": dict(self.n),
-            "params": asdict(self.params),
-        }
-        fp["sha256"] = content_hash(fp, length=None)
-        return fp
-
-
-def write_mito_folder(
-    out_dir: str | Path,
-    n_train: int = 8,
-    n_val: int = 2,
-    n_test: int = 2,
-    size: int | tuple[int, int] = (768, 1024),
-    seed: int = 0,
-    params: MitoSynthParams | dict | None = None,
-    overwrite: bool = False,
-) -> dict:
-    """Write a synthetic set in the ``mito_folder`` layout: ``out_dir/{train,val,test}/{images,masks}/*.png``.
-
-    Images are 8-bit grey PNG, masks 0/255 PNG; a split with 0 images is not written (``n_val=0`` gives the
-    "no val/ folder" layout). Returns a summary (counts, foreground fraction per split, parameters).
-
-    Raises:
-        FileExistsError: ``out_dir`` holds files and ``overwrite`` is False.
-    """
-    from PIL import Image
-
-    out = Path(out_dir)
-    refuse_existing_output(out, overwrite, hint="choose a new folder or pass overwrite=True")
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    p = _params_from(params)
-    summary: dict = {
-        "generator": GENERATOR_VERSION,
-        "seed": seed,
-        "size": [h, w],
-        "params": asdict(p),
-        "splits": {},
-    }
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        if n <= 0:
-            continue
-        (out / split / "images").mkdir(parents=True, exist_ok=True)
-        (out / split / "masks").mkdir(parents=True, exist_ok=True)
-        data = generate_split(n, h, w, seed, split, p)
-        for img, m, name in zip(data.images, data.masks, data.names):
-            Image.fromarray(np.round(img * 255).astype(np.uint8)).save(out / split / "images" / f"{name}.png")
-            Image.fromarray((m * 255).astype(np.uint8)).save(out / split / "masks" / f"{name}.png")
-        summary["splits"][split] = {"n": n, "foreground_fraction": data.foreground_fraction()}
-    return summary

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from calib_seg.data.beads import dilution_series
-from calib_seg.data.density import BeadSet, SyntheticBeads
+from calib_seg.data.containers import BeadSet
 from calib_seg.data.images import SKIP_HINT, full_scale, list_images, read_raw, to_gray
+from calib_seg.data.simulators.beads import dilution_series
+from calib_seg.data.sources.beads_synth import SyntheticBeads
 from calib_seg.fileio import atomic_write_text, content_hash, refuse_existing_output
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def parse_dilution(name: str) -> float | None:
 
 
 class BeadFolder:
-    """Reads a bead folder into a :class:`~calib_seg.data.density.BeadSet` (see the module docstring).
+    """Reads a bead folder into a :class:`~calib_seg.data.containers.BeadSet` (see the module docstring).
 
     Args:
         root: the folder.
