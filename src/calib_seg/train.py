@@ -54,6 +54,17 @@ from calib_seg.resume import (
 log = logging.getLogger("calib_seg.train")
 
 
+def cpu_trainer_fixes(cfg: DictConfig) -> dict[str, Any]:
+    """Trainer arguments that override the config on CPU: torch's SyncBatchNorm works only on CUDA modules, so
+    ``trainer=ddp`` (``sync_batchnorm: true``) over CPU processes keeps per-rank BatchNorm statistics instead of
+    failing in DDP setup."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or not torch.cuda.is_available()):
+        log.info("sync_batchnorm=true needs CUDA; training on CPU with per-process BatchNorm statistics")
+        return {"sync_batchnorm": False}
+    return {}
+
+
 class RunAborted(SystemExit):
     """Raised (as a non-zero exit) when a single, non-sweep run was stopped by the training guard."""
 
@@ -206,7 +217,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
         callbacks = with_progress_bar(callbacks, cfg.trainer.get("enable_progress_bar"))
         pin_ddp_children(cfg)
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                          **cpu_trainer_fixes(cfg))
 
         if cfg.get("train", True):
             ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
