@@ -16,21 +16,9 @@ from calib_seg.config import compose_for_run
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# small, fast bead data for tests: 64 px at 8 um/px keeps the seed FOV (0.512 mm) and physics
-TINY_BEADS = [
-    "data.source.n_per_level=12",
-    "data.source.physics.image_size=64",
-    "data.source.physics.pixel_size_um=8.0",
-    "data.source.physics.psf_sigma_um=4.0",
-    "data.batch_size=16",
-    "model.filters=[8,16]",
-    "model.convs_per_stage=1",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-    # tiny models gain nothing from a second thread, and lose a lot when the machine is shared (measured 18 s vs 30 s)
-    "torch_threads=1",
-]
+# small, fast bead runs for tests (conf/debug/tiny_beads.yaml): 12 images per level at 64 px, 8 um/px (the seed FOV
+# and physics), batch 16, a [8,16] CNN, 1 epoch, no logger or progress bar, 1 thread. Overrides after it still win.
+TINY_BEADS = ["debug=tiny_beads"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

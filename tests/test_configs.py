@@ -18,7 +18,11 @@ CONFIGS = sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.y
 # groups that only make sense together with the segmentation task (validation refuses a density model on EM)
 SEG = ["task=segmentation", "model=unet", "data=mito_synth", "optimized_metric=val/jaccard", "task_name=mito"]
 SEG_OPTIONS = {"data/mito_synth", "data/mito_epfl", "data/mito_folder", "task/segmentation", "model/unet",
-               "model/attention_unet", "model/attention_resunet", "model/smp"}
+               "model/attention_unet", "model/attention_resunet", "model/smp", "debug/tiny_mito"}
+# base presets: shared settings other presets extend (`defaults: [- <base>]`); never selected by a documented command
+BASES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*_base.yaml"))
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if p.stem not in BASES)
+CALLBACKS = sorted(p.stem for p in (CONF_DIR / "callbacks").glob("*.yaml") if p.stem not in ("default", "none"))
 
 
 def _compose(overrides: list[str], config_name: str = "train", hydra: bool = False):
@@ -44,7 +48,7 @@ def overrides_for(rel: str) -> list[str]:
 def test_every_config_group_folder_is_covered():
     groups = {c.rpartition("/")[0] for c in CONFIGS}
     assert groups >= {"data", "model", "task", "trainer", "callbacks", "logger", "paths", "hydra",
-                      "hydra/launcher", "experiment", "hparams_search", ""}, groups
+                      "hydra/launcher", "experiment", "hparams_search", "debug", ""}, groups
     assert len(CONFIGS) >= 40, CONFIGS
 
 
@@ -90,3 +94,74 @@ def test_config_file_composes_and_validates(rel):
         assert cfg.optimized_metric in ("val/r2", "val/jaccard"), rel
         seg = cfg.task._target_.endswith("SegmentationTask")
         assert (cfg.optimized_metric == "val/jaccard") == seg, f"{rel}: optimized_metric {cfg.optimized_metric}"
+
+
+# ---------------------------------------------------------------- inheritance: base presets, callbacks, debug
+def _defaults_of(path) -> list[str]:
+    return [str(d) for d in (OmegaConf.load(path).get("defaults") or [])]
+
+
+def test_base_presets_are_extended_and_run_harmlessly_under_their_own_name():
+    assert {"calibration_seed_base", "calibration_study_base", "mito_base", "repro_tiny_failure_base"} <= set(BASES)
+    extended = {d for name in PRESETS + BASES for d in _defaults_of(CONF_DIR / "experiment" / f"{name}.yaml")}
+    for base in BASES:
+        assert base in extended, f"{base} is extended by no preset"
+        # merging `???` would not replace the main config's run_name, so a base names its own run instead: run by
+        # mistake, it is a valid run of the shared settings, in an outputs/<base>/ folder that says what it was
+        assert _compose([f"experiment={base}"]).run_name == base
+    names = {name: _compose([f"experiment={name}"]).run_name for name in PRESETS}
+    assert not set(names.values()) & set(BASES), names  # every preset names its own run (child values win)
+    assert len(set(names.values())) == len(names), names
+
+
+@pytest.mark.parametrize(("preset", "model", "filters", "batch"), [
+    ("C01", "DensityCNN", [16, 32, 64], 256), ("C04", "DensityCNN", [128, 256, 512], 96),
+    ("arch_resnet_deep", "DensityResNet", [64, 128, 256, 512], 32)])
+def test_seed_presets_keep_their_own_values_over_the_bases(preset, model, filters, batch):
+    cfg = _compose([f"experiment={preset}"])
+    assert cfg.model._target_.endswith(model) and list(cfg.model.filters) == filters
+    assert cfg.data.batch_size == batch and cfg.trainer.max_epochs == 50 and cfg.data.source.physics.image_size == 512
+    study = preset.startswith("C0")  # only C01..C04 carry the study's optimiser, norm and patience
+    assert (cfg.task.optimizer.lr, cfg.model.get("convs_per_stage")) == ((3e-4, 3) if study else (1e-3, None))
+
+
+@pytest.mark.parametrize("preset", ["mito_unet", "mito_attention_unet", "mito_attention_resunet"])
+def test_published_mito_presets_differ_only_in_model_and_name(preset):
+    cfg = OmegaConf.to_container(_compose([f"experiment={preset}"]))
+    ref = OmegaConf.to_container(_compose(["experiment=mito_unet"]))
+    assert cfg["model"]["_target_"].rsplit(".", 1)[1].lower() == preset.removeprefix("mito_").replace("_", "")
+    for c in (cfg, ref):
+        c.pop("run_name"), c.pop("model")
+    assert cfg == ref
+
+
+def test_callbacks_default_composes_every_callback_file_in_order():
+    cbs = _compose([]).callbacks
+    assert sorted(cbs) == CALLBACKS and len(CALLBACKS) == 8
+    assert list(cbs)[:2] == ["model_checkpoint", "early_stopping"]  # the order of the file's defaults list
+    for name in CALLBACKS:  # one file = one callback, under its own key (callbacks.<name>.x=... on the command line)
+        only = _compose([f"callbacks={name}"]).callbacks
+        assert list(only) == [name] and get_class(only[name]._target_), name
+
+
+def test_callbacks_none_trains_and_tests_without_any_callback(run_cfg):
+    from calib_seg.train import run
+
+    cfg = run_cfg(["debug=tiny_beads", "callbacks=none"])
+    assert not cfg.callbacks and problems_in(cfg) == []
+    record = run(cfg)
+    assert record["status"] == "completed" and record["epochs"] == 1
+    assert record["best_epoch"] is None and record["preflight"] is None  # no checkpoint, no guard
+    assert "test/r2" in record["test_metrics"]
+
+
+def test_debug_sizes_win_over_the_experiment_preset_and_keep_its_model():
+    beads = _compose(["experiment=C04", "debug=tiny_beads"])
+    assert list(beads.model.filters) == [8, 16] and beads.data.batch_size == 16 and beads.trainer.max_epochs == 1
+    assert beads.data.source.physics.image_size == 64 and beads.logger == {} and beads.torch_threads == 1
+    assert beads.task.optimizer.lr == 3e-4  # what debug does not set stays the preset's
+    mito = _compose(["experiment=mito_attention_unet", "debug=tiny_mito"])
+    assert mito.model._target_.endswith("AttentionUNet") and mito.model.base_filters == 8
+    assert mito.data._target_.endswith("SegmentationDataModule") and mito.data.source.height == 128
+    assert mito.trainer.max_epochs == 2 and problems_in(mito) == []
+    assert _compose(["experiment=C04", "debug=tiny_beads", "trainer.max_epochs=3"]).trainer.max_epochs == 3

@@ -32,8 +32,7 @@ from calib_seg.train import run  # noqa: E402
 from conftest import TINY_BEADS, compose_run_cfg  # noqa: E402
 
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
-DENSITY_LEARN = [o for o in TINY_BEADS if not o.startswith(("trainer.max_epochs", "data.source.n_per_level"))] + [
-    "data.source.n_per_level=24", "trainer.max_epochs=25", "task.optimizer.lr=3e-3", "~callbacks.early_stopping"]
+DENSITY_LEARN = [*TINY_BEADS, "data.source.n_per_level=24", "trainer.max_epochs=25", "task.optimizer.lr=3e-3", "~callbacks.early_stopping"]
 SEG_LEARN = ["task=segmentation", "model=unet", "data=mito_synth", "optimized_metric=val/jaccard",
              "model.base_filters=8", "model.depth=2", "data.patch_size=64", "data.patches_per_epoch=128",
              "data.source.n_train=2", "data.source.n_val=1", "data.source.n_test=1", "data.source.height=192",

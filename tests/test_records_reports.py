@@ -29,8 +29,7 @@ from calib_seg.report import best_per_arch, build_report, collect
 from calib_seg.train import run
 from conftest import REPO, TINY_BEADS, compose_run_cfg
 
-TB_RUN = [o for o in TINY_BEADS if not o.startswith(("logger", "trainer.max_epochs"))] + [
-    "logger=tensorboard", "trainer.max_epochs=2"]
+TB_RUN = [*TINY_BEADS, "logger=tensorboard", "trainer.max_epochs=2"]
 
 
 class AbortAfterFirstEpoch(pl.Callback):
@@ -236,7 +235,7 @@ def test_report_has_one_row_per_job_and_names_the_best_one(two_job_sweep):
 def test_report_on_a_real_tiny_sweep(tmp_path):
     """A real 2-job sweep launched as a user would (subprocess, Hydra multirun), then the report."""
     root = tmp_path / "sw"
-    tiny = [o for o in TINY_BEADS if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]
+    tiny = [*TINY_BEADS, "trainer.max_epochs=2"]
     out = subprocess.run([sys.executable, "-m", "calib_seg.train", "-m", "task.optimizer.lr=1e-3,1e-2", *tiny,
                           f"hydra.sweep.dir={root}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -22,8 +22,8 @@ from calib_seg.train import run
 from conftest import REPO, TINY_BEADS
 
 TESTS = Path(__file__).resolve().parent
-DETERMINISTIC = [o for o in TINY_BEADS if not o.startswith("trainer.max_epochs")] + [
-    "trainer.deterministic=true", "trainer.accelerator=cpu", "seed=7",
+DETERMINISTIC = [
+    *TINY_BEADS, "trainer.deterministic=true", "trainer.accelerator=cpu", "seed=7",
 ]
 
 

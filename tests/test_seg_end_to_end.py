@@ -22,14 +22,9 @@ from PIL import Image
 from calib_seg.train import run
 from conftest import REPO, compose_run_cfg
 
-# experiment=mito_quick at toy size; whole 128 px test images go through the tiled path (64 px tiles)
-SEG_TINY = ["experiment=mito_quick", "data.source.n_train=4", "data.source.n_val=1", "data.source.n_test=2",
-            "data.source.height=128", "data.source.width=128", "data.patch_size=64", "data.patches_per_epoch=64",
-            "data.batch_size=8", "model.base_filters=8", "model.depth=2", "task.tile_size=64",
-            "task.tile_overlap=16", "task.loss=focal_dice", "task.optimizer.lr=3e-3", "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false", "logger=none", "torch_threads=1",
-            # 2 toy epochs learn next to nothing: without this the guard's final check (rightly) records "aborted"
-            "callbacks.guard.jaccard_margin=null"]
+# experiment=mito_quick at toy size (conf/debug/tiny_mito.yaml): 2 epochs on four 128 px images, a depth-2 U-Net;
+# whole test images go through the tiled path (64 px tiles); the guard's Jaccard-margin final rule is off
+SEG_TINY = ["experiment=mito_quick", "debug=tiny_mito"]
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
