@@ -1,6 +1,6 @@
 """Test helper (not a test module): a callback that holds a training run after a given epoch until SIGTERM.
 
-Used by tests/test_resume.py to kill a run at a known point: at the start of the epoch after ``epoch`` (so
+Used by tests/test_resume.py and tests/test_user_messages.py to stop a run at a known point: at the start of the epoch after ``epoch`` (so
 epoch ``epoch``'s checkpoints are written: ModelCheckpoint saves in ``on_train_epoch_end``, after other
 callbacks), it writes ``marker`` and waits until Lightning has seen a SIGTERM, so the test never races a fast
 tiny epoch.
@@ -8,6 +8,7 @@ tiny epoch.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,3 +26,13 @@ class PauseAfterEpoch(pl.Callback):
         t0 = time.monotonic()
         while not trainer.received_sigterm and time.monotonic() - t0 < self.timeout_s:
             time.sleep(0.05)
+
+
+def wait_until_paused(proc: subprocess.Popen, marker: Path, timeout_s: float = 300.0) -> None:
+    """Block until the run in ``proc`` (started with PauseAfterEpoch) writes ``marker``; fail with its stderr if
+    it exits first, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"run never reached the pause epoch within {timeout_s:.0f} s"
+        time.sleep(0.2)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from calib_seg.records import read_record, write_record
 from calib_seg.resume import failure_reason
 from calib_seg.train import run
 from conftest import REPO, TINY_BEADS
+from pause_callback import wait_until_paused
 
 TESTS = Path(__file__).resolve().parent
 DETERMINISTIC = [
@@ -141,11 +141,7 @@ def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metric
     proc = subprocess.Popen([sys.executable, "-m", "calib_seg.train", *args, *pause, f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run never reached epoch 1"
-            time.sleep(0.2)
+        wait_until_paused(proc, marker)
         last = run_dir / "checkpoints" / "last.ckpt"
         assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # 0-based: epoch 1 done
         proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from calib_seg.synth import main as synth_main
 from calib_seg.train import run
 from calib_seg.validation import LOCAL_WITHOUT_HEADER, problems_in
 from conftest import REPO, TINY_BEADS
+from pause_callback import wait_until_paused
 
 TESTS = Path(__file__).resolve().parent
 
@@ -197,11 +197,7 @@ def interrupted(tmp_path_factory):
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run never reached epoch 1"
-            time.sleep(0.2)
+        wait_until_paused(proc, marker)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
