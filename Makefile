@@ -26,6 +26,13 @@ $(EXPORT_STAMP): $(VENV_STAMP)
 
 install-export: $(EXPORT_STAMP) ## add the BioImage Model Zoo export extra (bioimageio.spec/core, onnx; ~300 MB, ~1.5 min)
 
+HPO_STAMP := .venv/.installed-hpo-stamp
+$(HPO_STAMP): $(VENV_STAMP)
+	.venv/bin/pip install --quiet -c constraints.txt -e ".[dev,cluster,hpo]"
+	@touch $(HPO_STAMP)
+
+install-hpo: $(HPO_STAMP) ## add the Optuna sweep extra (hydra-optuna-sweeper 1.3.0, optuna 2.10.1, SQLAlchemy 1.4; ~20 MB)
+
 train: $(VENV_STAMP) ## train the default density model on synthetic beads (CPU, ~1 min); ARGS="..." for overrides
 	$(PY) -m calib_seg.train $(ARGS)
 
@@ -74,6 +81,13 @@ sweep-arch: $(VENV_STAMP) ## architecture study (3 runs: Baseline_Shallow/Deep, 
 sweep-hpo: $(VENV_STAMP) ## mito 36-run grid (model x lr x batch) + report; ARGS="data.source.root=/path/to/epfl hydra/launcher=slurm"
 	$(call run_sweep,hpo_mito)
 
+# Optuna searches: the same command with the same hydra.sweep.dir=... continues the study (docs/sweeps.md "Optuna")
+sweep-hpo-optuna: $(HPO_STAMP) ## Optuna TPE over the mito grid's space (20 trials) + report; ARGS="hydra.sweeper.n_trials=30 hydra.sweep.dir=..."
+	$(call run_sweep,hpo_mito_optuna)
+
+sweep-density-optuna: $(HPO_STAMP) ## Optuna TPE over density filters x lr x batch (20 trials) + report; ARGS="hydra.sweep.dir=... (resume)"
+	$(call run_sweep,density_optuna)
+
 slurm-up: ## start a single-node SLURM cluster on this machine (root/sudo, apt; idempotent)
 	scripts/slurm-local-up
 
@@ -93,4 +107,4 @@ bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,j
 
 .PHONY: bench
 
-.PHONY: help install install-export train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo slurm-up slurm-down
+.PHONY: help install install-export install-hpo train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo sweep-hpo-optuna sweep-density-optuna slurm-up slurm-down

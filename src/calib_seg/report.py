@@ -353,6 +353,9 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
     md += [f"- `{r['job']}` **{r['status']}**: {r.get('reason') or 'no reason recorded'}" for r in bad] or ["none"]
     md.append("")
 
+    from calib_seg.report_optuna import optuna_section  # an Optuna study: trials, best parameters, history
+
+    md += optuna_section(sweep, figures, FIG_DIR)
     if figures:
         figs = _figures(sweep, rows, spec)
         if figs:

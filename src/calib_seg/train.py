@@ -38,6 +38,17 @@ from calib_seg.tasks.spec import all_specs, spec_of
 log = logging.getLogger("calib_seg.train")
 
 
+def cpu_trainer_fixes(cfg: DictConfig) -> dict[str, Any]:
+    """Trainer arguments that override the config on CPU: torch's SyncBatchNorm works only on CUDA modules, so
+    ``trainer=ddp`` (``sync_batchnorm: true``) over CPU processes keeps per-rank BatchNorm statistics instead of
+    failing in DDP setup."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or not torch.cuda.is_available()):
+        log.info("sync_batchnorm=true needs CUDA; training on CPU with per-process BatchNorm statistics")
+        return {"sync_batchnorm": False}
+    return {}
+
+
 class RunAborted(SystemExit):
     """Raised (as a non-zero exit) when a single, non-sweep run was stopped by the training guard."""
 
@@ -180,7 +191,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rec.task = task = instantiate(cfg.task, model=instantiate(cfg.model))
         rec.loggers, rec.callbacks = loggers, callbacks = loggers_and_callbacks(cfg)
         pin_ddp_children(cfg)
-        rec.trainer = trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        rec.trainer = trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                            **cpu_trainer_fixes(cfg))
         if cfg.get("train", True):
             ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)

@@ -42,5 +42,5 @@ def wait_until_paused(proc: subprocess.Popen, marker: Path, timeout_s: float = 3
     deadline = time.monotonic() + timeout_s
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "run never reached the pause epoch"
+        assert time.monotonic() < deadline, f"run never reached the pause epoch within {timeout_s:.0f} s"
         time.sleep(0.2)

@@ -58,6 +58,13 @@ def test_outside_ci_missing_resources_are_skips_listed_with_their_reason(tmp_pat
     assert "SKIPPED [1] tests/test_inner.py" in out.stdout and "no SLURM here" in out.stdout
 
 
-def test_ci_script_runs_the_readme_test_command_with_ci_set():
+def test_ci_script_runs_the_readme_test_command_and_the_slow_tier_with_ci_set_and_gates_on_both():
     script = (REPO / ".ci" / "run").read_text()
-    assert "\nmake test ARGS=" in script and "export CI=" in script  # the slow tier is not a CI gate yet (.ci/run)
+    readme = (REPO / "README.md").read_text()
+    assert "`make test` runs the fast suite" in readme and "`make test-slow`" in readme
+    assert "\nmake test ARGS=" in script and "export CI=" in script
+    assert "\nmake test-slow ARGS=" in script
+    assert script.index("\nmake test ARGS=") < script.index("\nmake test-slow ARGS=")  # fast tier first
+    # both exit codes decide the verdict; a tier that collected nothing fails too
+    assert 'check "make test" "$fast"' in script and 'check "make test-slow" "$slow"' in script
+    assert '[ "$fast" -eq 0 ] && [ "$slow" -eq 0 ] ||' in script

@@ -2,7 +2,7 @@
 the test step's numbers from the checkpoint alone; the same path works on a real Lucchi slice from ../shared.
 
 Tiny sizes (a 2-level U-Net, 64 px patches, 2 epochs): these tests check the plumbing and the numbers, not the
-learning, which tests/test_seg_learning.py bounds.
+learning, which tests/integration/test_seg_learning.py bounds.
 """
 
 from __future__ import annotations

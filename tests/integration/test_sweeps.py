@@ -25,9 +25,10 @@ NO_TRAINING = ["train=false", "test=false", "logger=none", "torch_threads=1", "d
                "data.source.physics.image_size=32", "data.source.physics.pixel_size_um=16.0",
                "data.source.physics.psf_sigma_um=8.0"]
 # the same for segmentation jobs: tiny synthetic EM (the models keep the grid's published sizes)
+# (images as large as the grid's 256 px patches: a patch larger than the images is refused at setup)
 NO_TRAINING_SEG = ["train=false", "test=false", "logger=none", "torch_threads=1", "data=mito_synth",
                    "data.source.n_train=2", "data.source.n_val=1", "data.source.n_test=1",
-                   "data.source.height=64", "data.source.width=64"]
+                   "data.source.height=256", "data.source.width=256"]
 
 
 def _train(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.Popen:
@@ -85,7 +86,7 @@ def test_hpo_mito_grid_launches_3_models_x_4_lrs_x_3_batch_sizes_and_command_lin
                                                          [5e-3, 1e-3, 5e-4, 1e-4], [8, 16, 32]))
     # folder names: the grid parameters first, in grid order, then the other overrides sorted
     name = next(p.name for p in tmp_path.iterdir() if p.name.startswith("5_"))
-    assert name.startswith("5_model=unet,task.optimizer.lr=0.001,data.batch_size=32,data.source.height=64,"), name
+    assert name.startswith("5_model=unet,task.optimizer.lr=0.001,data.batch_size=32,data.source.height=256,"), name
 
 
 # --- folders ---------------------------------------------------------------------------------------------------

@@ -90,4 +90,4 @@ def test_density_task_trains_and_tests_on_simulated_bead_data(data, tmp_path):
 
 
 # the segmentation x synthetic EM pairing trains without a preset in
-# tests/test_seg_end_to_end.py::test_plain_segmentation_command_without_a_preset_trains
+# tests/integration/test_seg_end_to_end.py::test_plain_segmentation_command_without_a_preset_trains

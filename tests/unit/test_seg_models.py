@@ -130,7 +130,7 @@ MITO_PRESETS = ["mito_quick", "mito_unet", "mito_attention_unet", "mito_attentio
 
 @pytest.mark.parametrize("preset", MITO_PRESETS)
 def test_mito_presets_compose_and_optimise_val_jaccard(preset):
-    # header and validity of every conf/ file: tests/test_configs.py
+    # header and validity of every conf/ file: tests/unit/test_configs.py
     from calib_seg.config import compose
 
     cfg = compose([f"experiment={preset}"])

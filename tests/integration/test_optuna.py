@@ -1,0 +1,216 @@
+"""Optuna sweeps (hydra/sweeper=calib_seg_optuna, the ``hpo`` extra): resumable studies, honest trial states.
+
+The sweeper's decisions (a job's outcome, recovering a killed sweep's trials) are tested directly on a real
+SQLite study; two real multiruns (``python -m calib_seg.train -m hparams_search=density_optuna debug=tiny_beads``)
+check the whole chain: kill the sweep while trial 2 runs, re-run the same command, and the study ends with the
+requested number of trials, numbered on, without training a finished trial again; an aborted job is PRUNED, a
+failed one FAIL, and neither stops the study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="the hpo extra is not installed (make install-hpo)")
+from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from calib_seg.report import build_report  # noqa: E402
+from helpers.paths import REPO  # noqa: E402
+from hydra_plugins.calib_seg_optuna_sweeper._impl import (  # noqa: E402
+    ResumableOptunaSweeperImpl,
+    answered_trials,
+    outcome,
+)
+
+# a density trial in a few seconds: tiny beads, 1 epoch, no test pass
+TINY = ["hparams_search=density_optuna", "debug=tiny_beads", "torch_threads=1", "test=false"]
+
+
+def _ret(status: JobStatus, value: object) -> JobReturn:
+    ret = JobReturn()
+    ret.status, ret._return_value = status, value
+    return ret
+
+
+# --- the outcome of one job ------------------------------------------------------------------------------------
+def test_aborted_run_is_pruned_with_the_guards_reason_not_given_a_score():
+    state, value, reason = outcome(_ret(JobStatus.COMPLETED, math.nan),
+                                   {"status": "aborted", "reason": "aborted at epoch 0: pre-flight fit probe"})
+    assert (state, value, reason) == (TrialState.PRUNED, None, "aborted at epoch 0: pre-flight fit probe")
+
+
+def test_completed_run_reports_its_score_and_a_non_finite_score_fails_the_trial():
+    assert outcome(_ret(JobStatus.COMPLETED, 0.625), {"status": "completed"}) == (TrialState.COMPLETE, 0.625, None)
+    # the sweeper died before telling: the record's best_val is the score
+    assert outcome(None, {"status": "completed", "best_val": 0.5}) == (TrialState.COMPLETE, 0.5, None)
+    state, value, reason = outcome(_ret(JobStatus.COMPLETED, math.nan),
+                                   {"status": "completed", "optimized_metric": "val/r2"})
+    assert (state, value) == (TrialState.FAIL, None) and "val/r2" in reason
+
+
+def test_failed_job_fails_the_trial_with_the_records_reason_or_the_exception():
+    assert outcome(_ret(JobStatus.FAILED, ValueError("Invalid learning rate")), {}) == (
+        TrialState.FAIL, None, "ValueError: Invalid learning rate")
+    assert outcome(_ret(JobStatus.FAILED, ValueError("x")), {"status": "failed", "reason": "out of memory"})[2] == \
+        "out of memory"
+    assert outcome(None, {}) == (TrialState.FAIL, None, "the job left no run record")
+
+
+# --- recovering a killed sweep's trials --------------------------------------------------------------------------
+def _sweeper(tmp_path: Path, n_trials: int = 3) -> ResumableOptunaSweeperImpl:
+    impl = ResumableOptunaSweeperImpl(
+        sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize",
+        storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", n_trials=n_trials, n_jobs=1,
+        max_failure_rate=0.0, search_space=None, custom_search_space=None, params=None)
+    impl.sweep_dir = str(tmp_path)
+    return impl
+
+
+def _running_trial(study: optuna.Study, tmp_path: Path, record: dict | None, **user_attrs: object) -> int:
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 5e-3, log=True)
+    for key, val in user_attrs.items():
+        trial.set_user_attr(key, val)
+    job = tmp_path / f"{trial.number}_lr={trial.params['lr']}"
+    job.mkdir()
+    if record is not None:
+        (job / "run.json").write_text(json.dumps(record))
+    return trial.number
+
+
+def test_killed_trials_are_finished_from_their_record_or_failed_and_retried_once(tmp_path):
+    impl = _sweeper(tmp_path)
+    study = optuna.create_study(study_name="s", storage=impl.storage, direction="maximize")
+    finished = _running_trial(study, tmp_path, {"status": "completed", "best_val": 0.7})  # job outlived the sweep
+    killed = _running_trial(study, tmp_path, {"status": "running"})
+    killed_twice = _running_trial(study, tmp_path, None, retry=1, retry_of=0)
+
+    impl._recover(study)
+    trials = study.get_trials()
+    assert (trials[finished].state, trials[finished].value) == (TrialState.COMPLETE, 0.7)
+    for n in (killed, killed_twice):
+        assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["interrupted"] is True
+    # only the first kill is retried: one new WAITING trial with the killed trial's parameters
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": killed, "retry": 1}
+    # interrupted trials do not count towards n_trials; the retry is asked next, with the same parameters
+    assert [t.number for t in answered_trials(study)] == [finished]
+    retry = study.ask()
+    assert retry.number == waiting[0].number
+    assert retry.suggest_float("lr", 1e-4, 5e-3, log=True) == trials[killed].params["lr"]
+
+
+# --- real sweeps -------------------------------------------------------------------------------------------------
+def _sweep(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "calib_seg.train", "-m", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, timeout: int = 600) -> str:
+    try:
+        err, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {err[-2000:]}")
+    return err
+
+
+def _study(sweep: Path, name: str = "density_optuna") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep}/optuna.db")
+
+
+def test_killed_sweep_resumes_to_the_requested_trials_without_repeating_finished_ones(tmp_path):
+    args = [*TINY, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}"]
+    proc = _sweep(*args)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob("2_*")):  # trial 2's job folder: trials 0 and 1 are answered, 2 is running
+        assert proc.poll() is None, f"sweep ended before trial 2 started: {proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "trial 2 never started"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    err = _finish(proc)
+    assert proc.returncode != 0, err[-2000:]
+    first = _study(tmp_path).get_trials()
+    assert [t.state for t in first][2:] == [TrialState.RUNNING]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first[:2])
+    records_before = {p.parent.name: p.read_bytes() for p in tmp_path.glob("[01]_*/run.json")}
+    assert len(records_before) == 2
+
+    err = _finish(_sweep(*args))
+    assert "Trial 2 was interrupted" in err, err[-3000:]
+    trials = _study(tmp_path).get_trials()
+    # numbers continue: 0, 1 answered before the kill, 2 interrupted (FAIL, not counted), 3 = 2's parameters again
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["interrupted"] is True
+    assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2
+    assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len(answered_trials(_study(tmp_path))) == 3
+    # finished trials were not trained again: their records are untouched and no second folder has their number
+    assert {p.parent.name: p.read_bytes() for p in tmp_path.glob("[01]_*/run.json")} == records_before
+    assert sorted(int(p.name.split("_")[0]) for p in tmp_path.iterdir() if p.is_dir()) == [0, 1, 2, 3]
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "n_trials: 3" in results
+
+    # the report lists every trial, the interrupted one and its retry included
+    report = build_report(tmp_path, figures=False)
+    table = report.split("## Optuna study `density_optuna`")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["0", "1", "2", "3"]
+    assert "interrupted by a kill" in table and "retry of 2" in table
+
+    # a third run of the same command has nothing left to do
+    err = _finish(_sweep(*args))
+    assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
+
+
+def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tmp_path):
+    # a command-line choice(...) replaces the file's lr distribution; random sampler seed 0 draws lr -1.0 (Adam refuses it: the job fails) and then 1e-3, which the pre-flight
+    # aborts at epoch 0 because no real fit can reach a probe loss ratio of 1e-6
+    proc = _sweep(*TINY, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", "hydra/sweeper/sampler=random",
+                  "hydra.sweeper.sampler.seed=0", "task.optimizer.lr=choice(1e-3,-1.0)",
+                  "callbacks.guard.max_probe_ratio=1e-6")
+    err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    trials = _study(tmp_path).get_trials()
+    assert [(t.params["task.optimizer.lr"], t.state) for t in trials] == [(-1.0, TrialState.FAIL),
+                                                                          (1e-3, TrialState.PRUNED)]
+    assert all(t.value is None for t in trials)  # no made-up worst score
+    assert "pre-flight" in trials[1].user_attrs["reason"] and trials[1].user_attrs["run_status"] == "aborted"
+    assert json.loads(next(tmp_path.glob("1_*/run.json")).read_text())["status"] == "aborted"
+    assert "best_params: null" in (tmp_path / "optimization_results.yaml").read_text()
+    report = build_report(tmp_path)
+    assert "2 trial(s): 1 fail, 1 pruned." in report and "trained 0 of their 1 planned epochs" in report
+    assert "optuna_history.png" not in report  # no completed trial: no history to draw
+
+
+@pytest.mark.slow  # ~1 min of two toy trainings; the density sweeps above cover the sweeper in the fast tier
+def test_mito_search_hands_each_trials_model_lr_and_batch_to_its_job(tmp_path):
+    proc = _sweep("hparams_search=hpo_mito_optuna", "experiment=mito_quick", "debug=tiny_mito", "torch_threads=1",
+                  "test=false", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}")
+    err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    trials = _study(tmp_path, "hpo_mito_optuna").get_trials()
+    assert len(trials) == 2
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs.get("reason")
+        assert t.params["model"] in ("unet", "attention_unet", "attention_resunet")
+        assert 1e-4 <= t.params["task.optimizer.lr"] <= 5e-3 and t.params["data.batch_size"] in (8, 16, 32)
+        record = json.loads((Path(t.user_attrs["job_dir"]) / "run.json").read_text())
+        assert (record["choices"]["model"], record["choices"]["lr"], record["choices"]["batch_size"]) == (
+            t.params["model"], t.params["task.optimizer.lr"], t.params["data.batch_size"])
+        assert record["config"]["run_name"] == "mito_quick"
+        if t.state == TrialState.COMPLETE:  # the told value is the job's best val/jaccard after its 1 epoch
+            assert record["epochs"] == 1 and t.value == pytest.approx(record["best_val"])
+        else:  # a guard abort (the pre-flight can stop a low-lr toy run at epoch 0)
+            assert record["status"] == "aborted" and t.user_attrs["reason"] == record["reason"]
