@@ -169,15 +169,18 @@ def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ reports
-def _check_density_report(sw: Path) -> str:
+def _check_density_report(sw: Path, names: dict[str, str] | None = None) -> str:
+    """``names``: job folder -> the name the report must give it (default: the folder name)."""
     text = build_report(sw)
     records = {p.parent.name: json.loads(p.read_text()) for p in sw.glob("*/run.json")}
+    names = names or {job: job for job in records}
+    assert sorted(names) == sorted(records)
     with (sw / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["job"] for r in rows) == sorted(records)
+    assert sorted(r["job"] for r in rows) == sorted(names.values())
     assert text.count("| completed |") == len(records)
     best = max(records, key=lambda k: records[k]["best_val"])
-    assert f"## Best job\n\n`{best}`" in text
+    assert f"## Best job\n\n`{names[best]}`" in text
     assert "Warning: provenance differs" not in text and "## Incomplete" not in text
     assert (sw / "report_figures" / "training_curves.png").exists()
     assert (sw / "report_figures" / "capacity.png").exists()
@@ -213,7 +216,10 @@ def test_report_on_a_real_tiny_sweep(tmp_path):
     out = subprocess.run([sys.executable, "-m", "calib_seg.train", "-m", "task.optimizer.lr=1e-3,1e-2", *tiny,
                           f"hydra.sweep.dir={root}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    text = _check_density_report(root)
+    # the report names jobs by what the sweep varied; the folders keep every override
+    fixed = "debug=tiny_beads,{},trainer.max_epochs=2"
+    text = _check_density_report(root, {f"0_{fixed.format('task.optimizer.lr=0.001')}": "0_task.optimizer.lr=0.001",
+                                        f"1_{fixed.format('task.optimizer.lr=0.01')}": "1_task.optimizer.lr=0.01"})
     assert "2 job(s) launched" in text and "## All jobs (2)" in text
 
 
