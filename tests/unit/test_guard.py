@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from calib_seg.callbacks.guard import TrainingGuard, check, final_check, spread_stats
+from calib_seg.callbacks.guard import TrainingGuard, check, final_check
+from calib_seg.metrics.functional import spread_stats
 
 RULES = dict(non_finite=True, flat_patience=5, min_rel_delta=0.01, grace_epochs=5, r2_min=0.0, min_steps=0,
              collapse_fraction=0.1, jaccard_margin=0.02)

@@ -29,7 +29,7 @@ from calib_seg.metrics.functional import spread_stats  # the collapse rule's inp
 
 log = logging.getLogger("calib_seg.guard")
 
-__all__ = ["GuardRules", "TrainingGuard", "check", "final_check", "spread_stats"]
+__all__ = ["GuardRules", "TrainingGuard", "check", "final_check"]
 
 
 def _fmt(x: float) -> str:
