@@ -34,22 +34,28 @@ class _BeadDataset(Dataset):
     def __init__(self, beads: BeadSet, indices: np.ndarray, augment: bool,
                  maps: tuple[MapTarget, float] | None = None) -> None:
         self.beads, self.indices, self.augment = beads, np.asarray(indices), augment
-        #: (target, pixel size in um) when the task trains on density maps: each item then carries "map"
+        #: (target, pixel size in um) when the task trains on density maps: each item then carries "map", "dots"
         self.maps = maps
+        self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def _targets(self, j: int, shape: tuple[int, int]) -> torch.Tensor:
+        """(2, H, W): density map and dots of image ``j``, computed once (augmentation moves them afterwards)."""
+        if j not in self._cache:
+            target, px_um = self.maps
+            centres = np.asarray(self.beads.centres_um[j], float).reshape(-1, 2) / px_um
+            dmap = density_map(centres, shape, target.sigma_for(px_um), target.scale)
+            self._cache[j] = torch.from_numpy(np.stack([dmap, dots_map(centres, shape)]))
+        return self._cache[j]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(self.indices[i])
         img = torch.from_numpy(self.beads.images[j].astype(np.float32) / self.beads.scale)[None]
         extra = {}
         if self.maps is not None:  # stacked with the image so flips and rotations move both alike
-            target, px_um = self.maps
-            centres = np.asarray(self.beads.centres_um[j], float).reshape(-1, 2) / px_um
-            dmap = density_map(centres, img.shape[1:], target.sigma_for(px_um), target.scale)
-            dots = dots_map(centres, img.shape[1:])
-            img = torch.cat([img, torch.from_numpy(dmap)[None], torch.from_numpy(dots)[None]])
+            img = torch.cat([img, self._targets(j, img.shape[1:])])
         if self.augment:
             k = int(torch.randint(0, 4, ()).item())
             img = torch.rot90(img, k, dims=(1, 2))

@@ -35,6 +35,7 @@ SPEC = dataclasses.replace(
     headline=(*DENSITY_SPEC.headline, Headline("test/count_mae", "count MAE", "objects/image"),
               Headline("test/count_rmse", "count RMSE", "objects/image"), Headline("test/loc_f1", "localisation F1")),
     models=("calib_seg.models.density_map.DensityMapNet",),
+    datamodules=("DensityDataModule", "PointDataModule"),
     losses=MAP_LOSSES,
     required_keys=("task.loss", "task.optimizer", "task.map_scale"),
     report_kind="density-map counting",
