@@ -72,3 +72,16 @@ def test_points_csv_reads_x_y_per_file_and_files_without_points(tmp_path):
     (tmp_path / "cols.csv").write_text("file,x\na.png,3\n")
     with pytest.raises(ValueError, match="missing column"):
         read_points_csv(tmp_path / "cols.csv")
+
+
+def test_bead_folder_reads_back_the_centres_it_wrote(tmp_path):
+    from calib_seg.data.sources.bead_folder import BeadFolder, write_bead_folder
+    from calib_seg.data.sources.beads_synth import SyntheticBeads
+
+    src = SyntheticBeads(n_per_level=2, dilutions=[50.0, 51200.0],
+                         physics={"image_size": 32, "pixel_size_um": 8.0, "psf_sigma_um": 4.0})
+    write_bead_folder(src, tmp_path / "f")
+    beads, back = src.load(), BeadFolder(tmp_path / "f").load()
+    assert [len(c) for c in back.centres_um] == list(back.count.astype(int)) == list(beads.count.astype(int))
+    for a, b in zip(beads.centres_um, back.centres_um):
+        np.testing.assert_allclose(a, b, atol=1e-3)  # written with 3 decimals
