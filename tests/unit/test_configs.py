@@ -35,12 +35,18 @@ def _compose(overrides: list[str], config_name: str = "train", hydra: bool = Fal
         GlobalHydra.instance().clear()
 
 
+#: options that only form a valid run with the density-map model
+MAP_OPTIONS = {"data/point_folder", "task/density_map"}
+
+
 def overrides_for(rel: str) -> list[str]:
     """The command line that selects ``conf/<rel>`` (plus the groups it needs to form a valid run)."""
     group, _, name = rel.removesuffix(".yaml").rpartition("/")
     if not group:  # train/evaluate/predict: primary configs, composed by name
         return []
     choice = f"{group}={name}"
+    if f"{group}/{name}" in MAP_OPTIONS:  # density-map data and task: with the model that selects that task
+        return [choice, "model=density_map"]
     if f"{group}/{name}" in SEG_OPTIONS:
         base = [o for o in SEG if o.split("=")[0] != group]
         return [*base, choice]
