@@ -92,3 +92,62 @@ def calibration_figures(fig_dir: Path, rng: Mapping[str, Any], st: Mapping[str, 
                             f"{score} (unitless, lower is better)", "Q3: accuracy vs peak memory"),
                  "pareto_memory", "Q3: accuracy vs peak memory")
     return out
+
+
+def sensitivity_panels(cf: Mapping[tuple[str, float, int], Sequence[dict[str, Any]]], axis: int, score: str,
+                       title: str) -> Any:
+    """One panel per architecture: score vs lr (axis 1, one line per batch) or vs batch (axis 2, one line per lr),
+    mean ± sd across seeds."""
+    from calib_seg.study_stats import mean_sd
+
+    archs = sorted({k[0] for k in cf})
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 4), squeeze=False, sharey=True)
+    other = 3 - axis
+    for ax, arch in zip(axes[0], archs):
+        for ov in sorted({k[other] for k in cf if k[0] == arch}):
+            keys = sorted(k for k in cf if k[0] == arch and k[other] == ov)
+            st = [mean_sd([r["m"][score] for r in cf[k]]) for k in keys]
+            ax.errorbar([k[axis] for k in keys], [s["mean"] for s in st], yerr=[s["sd"] or 0 for s in st],
+                        marker="o", ms=3, capsize=2, label=f"{'batch' if axis == 1 else 'lr'} {ov:g}")
+        ax.set_xscale("log", base=10 if axis == 1 else 2)
+        ax.set_xlabel("learning rate" if axis == 1 else "batch size (images)")
+        ax.set_title(arch)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"{score} (unitless)")
+    fig.suptitle(f"{title}, mean ± sd across seeds")
+    return fig
+
+
+def threshold_curves(curves: Mapping[str, Sequence[Mapping[float, float]]], title: str) -> Any:
+    """Test Jaccard vs probability threshold, mean ± sd across seeds, one line per architecture."""
+    from calib_seg.study_stats import mean_sd
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arch, per_seed in curves.items():
+        ts = sorted({t for c in per_seed for t in c})
+        st = [mean_sd([c.get(t) for c in per_seed]) for t in ts]
+        ax.errorbar(ts, [s["mean"] for s in st], yerr=[s["sd"] or 0 for s in st], marker="o", ms=3, capsize=2,
+                    label=arch)
+    ax.set_xlabel("probability threshold")
+    ax.set_ylabel("test Jaccard (unitless)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return fig
+
+
+def mito_figures(fig_dir: Path, cf: Mapping[Any, Sequence[dict[str, Any]]], best: Mapping[str, Any],
+                 score: str) -> list[tuple[str, str]]:
+    """Draw the mito study's figures into ``fig_dir``; return (caption, file name) pairs."""
+    out: list[tuple[str, str]] = []
+    for axis, name, cap in ((1, "lr_sensitivity", "Learning-rate sensitivity"),
+                            (2, "batch_sensitivity", "Batch-size effects")):
+        plots.save_figure(sensitivity_panels(cf, axis, score, cap), fig_dir / f"{name}.png")
+        out.append((cap, f"{name}.png"))
+    curves = {a: [r["m"]["curve"] for r in cf[k]] for a, k in best.items()}
+    if any(c for cs in curves.values() for c in cs):
+        plots.save_figure(threshold_curves(curves, "Jaccard vs threshold, best configuration per architecture"),
+                          fig_dir / "jaccard_vs_threshold.png")
+        out.append(("Jaccard vs threshold of each architecture's best", "jaccard_vs_threshold.png"))
+    return out

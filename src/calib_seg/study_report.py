@@ -7,8 +7,6 @@ under the rule of :mod:`calib_seg.study_stats`. Never trains; runs on a study th
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +15,11 @@ from typing import Any
 from calib_seg.fileio import atomic_write_text
 from calib_seg.report import md_table
 from calib_seg.study_stats import (
+    FIG_DIR,
     NOT_ANSWERABLE,
     RULE,
     aggregate,
+    csv_text,
     fmt_ms,
     group_configs,
     mean_sd,
@@ -30,7 +30,6 @@ from calib_seg.study_stats import (
     winner,
 )
 
-FIG_DIR = "study_figures"
 RANGE_PARTS = ("architecture", "filters")  # trained and tested on the whole 50x..51200x series
 EXTRAPOLATION = "extrapolation"
 PARTS = (*RANGE_PARTS, EXTRAPOLATION)
@@ -193,15 +192,6 @@ def _jobs_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"part": r["part"], "config": r["config"], "job": r["job"].split("_", 1)[0], **{k: r["m"][k] for k in keys}} for r in rows]
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
 def _config_rows(groups: dict[str, list[dict[str, Any]]], st: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for c, rs in groups.items():
@@ -243,7 +233,7 @@ def build_study_report(study_dir: str | Path, meta: dict[str, Any] | None = None
         figs = calibration_figures(study_dir / FIG_DIR, rng, st, ext, st_ext, SCORE)
         md += ["## Figures", ""] + [f"### {cap}\n\n![{cap}]({FIG_DIR}/{name})\n" for cap, name in figs]
     text = "\n".join(md).rstrip() + "\n"
-    atomic_write_text(study_dir / "study_jobs.csv", _csv(jobs))
-    atomic_write_text(study_dir / "study_configs.csv", _csv(_config_rows(rng, st) + _config_rows(ext, st_ext)))
+    atomic_write_text(study_dir / "study_jobs.csv", csv_text(jobs))
+    atomic_write_text(study_dir / "study_configs.csv", csv_text(_config_rows(rng, st) + _config_rows(ext, st_ext)))
     atomic_write_text(study_dir / "study.md", text)
     return text

@@ -10,6 +10,8 @@ evidence" and the report names the configurations within noise of the best. With
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from calib_seg.report import collect, provenance_warnings
 
 #: fewer seeds than this give no estimate of seed-to-seed noise, so no configuration can win
 MIN_SEEDS = 2
+FIG_DIR = "study_figures"
 NOT_ANSWERABLE = "not answerable from this evidence"
 RULE = (f"A configuration is named best on a metric only when it is best by the mean across seeds and its "
         f"mean ± sd interval (sample sd over seeds) does not overlap that of any other configuration, every one "
@@ -138,6 +141,16 @@ def pareto(points: dict[str, tuple[float | None, float | None]]) -> list[str]:
     have = {k: p for k, p in points.items() if None not in p}
     return [k for k, (x, y) in have.items()
             if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for k2, (x2, y2) in have.items() if k2 != k)]
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV of ``rows`` (dicts with the same keys), header from the first row; empty for no rows."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
 
 
 def _launcher(sweep: Path) -> str:
