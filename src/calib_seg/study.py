@@ -77,6 +77,17 @@ def foreign_code(folder: Path) -> dict[str, list[str]]:
     return out
 
 
+def changed_settings(folder: Path, study: dict[str, Any], job_args: Sequence[str]) -> str:
+    """What differs from the settings ``folder/study.json`` recorded (seeds, overrides, parts); empty if nothing."""
+    path = folder / META
+    if not path.exists():
+        return ""
+    old = json.loads(path.read_text())
+    now = {"seed_list": seed_list(study), "overrides": [*(study.get("overrides") or []), *job_args],
+           "parts": list(study["parts"])}
+    return "; ".join(f"{k}: was {old.get(k)}, now {v}" for k, v in now.items() if old.get(k) != v)
+
+
 def part_command(study: dict[str, Any], part: str, folder: Path, job_args: Sequence[str]) -> list[str]:
     """The multirun command of one part: its grid, the seeds, its folder, resume, then the overrides."""
     spec = study["parts"][part]
@@ -117,6 +128,12 @@ def run_study(kind: str, args: Sequence[str]) -> int:
                   file=sys.stderr)
             return 2
         print(msg + "\nstudy.allow_mixed=true: going on; the report flags the mix.\n" + "!" * 78, file=sys.stderr)
+    changed = changed_settings(folder, study, job_args)
+    if changed:
+        print(f"error: {folder} was started with other study settings ({changed}). Job folders are numbered in "
+              "grid x seed order, so resuming with other settings would pair folders with the wrong jobs: use the "
+              "settings in study.json, or a new study.dir.", file=sys.stderr)
+        return 2
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"kind": kind, "name": study["name"], "seeds": study["seeds"], "seed_list": seed_list(study),
             "overrides": [*(study.get("overrides") or []), *job_args], "parts": list(study["parts"]),

@@ -147,7 +147,10 @@ def q3_tradeoff(groups: dict[str, list[dict[str, Any]]], st: dict[str, Any]) -> 
     order = sorted(groups, key=lambda c: st[c]["params"]["mean"] or 0)
     md = ["## 3. Trade-off between model complexity and training time", "",
           "Training time is wall time of the whole job (training, validation, test) on the launcher's hardware, "
-          "also subject to the machine's load; time/epoch is the measured training + validation time per epoch.",
+          "also subject to the machine's load; time/epoch is the measured training + validation time per epoch. "
+          "Peak memory is the job's peak CUDA allocation on GPU, else the process's peak RSS: with the basic "
+          "(in-process) launcher that process also ran the sweep's earlier jobs, so compare it across "
+          "configurations only with a launcher that starts one process per job (submitit, SLURM, PBS).",
           "", _config_table({c: groups[c] for c in order}, st,
                             ["params", "wall time [s]", "time/epoch [s]", "epochs", "peak memory [MB]", SCORE]), ""]
     if len(order) >= 2:

@@ -130,3 +130,13 @@ def test_each_part_is_a_resuming_multirun_of_its_grid_at_the_study_seeds(tmp_pat
     assert cmd.index("data.holdout_dilutions=[50]") < cmd.index("trainer.max_epochs=3")  # the command line wins
     with pytest.raises(SystemExit):
         study.load_study("calibration", ["hydra.sweep.dir=/x"])
+
+
+def test_resuming_with_other_study_settings_is_refused(tmp_path, monkeypatch, capsys):
+    cfg, job_args = study.load_study("calibration", ["trainer.max_epochs=3"])
+    (tmp_path / "study.json").write_text(json.dumps({"seed_list": study.seed_list(cfg), "parts": list(cfg["parts"]),
+                                                     "overrides": job_args}))
+    assert study.changed_settings(tmp_path, cfg, job_args) == ""
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("must not launch"))
+    assert study.run_study("calibration", [f"study.dir={tmp_path}", "study.seeds=5", "trainer.max_epochs=3"]) == 2
+    assert "seed_list: was [1, 2, 3], now [1, 2, 3, 4, 5]" in capsys.readouterr().err
