@@ -94,7 +94,7 @@ def _sensitivity(cf: dict, best: dict, axis: int, what: str, title: str) -> list
         stats = {f"{what} {v:g}": _st(sel[v], VAL) for v in sel}
         b, ties = winner(stats, lower_is_better=False)
         spread = [s["mean"] for s in stats.values() if s["mean"] is not None]
-        lines.append(f"- {arch}: range of means {max(spread) - min(spread):.3g} across {what}s; "
+        lines.append(f"- {arch}: range of means {max(spread) - min(spread):.3g} across {what} values; "
                      + verdict_line(stats, VAL, lower_is_better=False))
     return [title, "", f"{VAL} mean ± sd across seeds per {what}, at each architecture's best "
             f"{'batch size' if axis == 1 else 'learning rate'} (figure: every combination).", "",
