@@ -33,7 +33,7 @@ from calib_seg.errors import input_errors
 from calib_seg.lifecycle import RunRecorder, check_config, clean_exit
 from calib_seg.records import peak_memory_mb, time_per_epoch, val_summary
 from calib_seg.resume import completed_record, refuse_overwrite, resume_checkpoint
-from calib_seg.tasks.spec import all_specs, spec_of
+from calib_seg.summary import print_summary
 
 log = logging.getLogger("calib_seg.train")
 
@@ -284,36 +284,6 @@ def calibration_verdict(task: Any, datamodule: Any, cfg: DictConfig, out_dir: Pa
     except Exception as exc:  # noqa: BLE001
         log.warning("no calibration verdict: %s: %s", type(exc).__name__, exc)
         return {"verdict": None, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def print_summary(record: dict[str, Any]) -> None:
-    """A short table of the headline numbers, with the physical reference (oracle) beside the model."""
-    from rich.console import Console
-    from rich.table import Table
-
-    m = record.get("metrics", {})
-    table = Table(title=f"{record['task']} run: {record['status']}  ({record['run_dir']})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    spec = spec_of(record)
-    headline = spec.headline if spec else [h for s in all_specs().values() for h in s.headline]
-    one_level = len((record.get("calibration") or {}).get("levels") or []) == 1
-    for row in headline:
-        value = m.get(row.key)
-        if row.may_be_undefined and row.key in m and (value is None or not math.isfinite(value)):
-            table.add_row(row.title, "n/a (one density level)" if one_level else "n/a")  # R² undefined on one level
-        elif row.key in m and value is not None:
-            table.add_row(row.title, row.format(value))
-    table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
-    table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
-    Console().print(table)
-    calibration = record.get("calibration")
-    if calibration:
-        from calib_seg.metrics.calibration import summary_text
-
-        # plain print: the Markdown table must not be re-wrapped or styled by rich
-        print(summary_text(calibration) if calibration.get("levels") else f"calibration: n/a ({calibration.get('error')})",
-              flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

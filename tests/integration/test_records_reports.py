@@ -23,7 +23,7 @@ from calib_seg.evaluate import evaluate, load_task
 from calib_seg.predict import predict
 from calib_seg.records import RECORD_FIELDS
 from calib_seg.report import best_per_arch, build_report, collect
-from calib_seg.train import run
+from calib_seg.train import print_summary, run
 from helpers.configs import TINY_BEADS, compose_entry_cfg
 from helpers.paths import REPO
 
@@ -134,6 +134,20 @@ def test_evaluate_reproduces_the_runs_test_metrics_from_the_checkpoint_alone(tra
     assert saved["status"] == rec["status"] == "evaluated" and saved["checkpoint"] == str(ckpt.resolve())
     assert saved["metrics"]["test/r2"] == pytest.approx(record["test_metrics"]["test/r2"], rel=1e-5)
     assert (tmp_path / "eval" / "figures" / "pred_vs_actual.png").exists()
+
+
+def test_evaluate_cli_prints_the_same_summary_table_as_train(trained, tmp_path, capsys):
+    cfg, record = trained
+    print_summary(record)
+    headline = [ln for ln in capsys.readouterr().out.splitlines()  # the table rows other than epochs and time
+                if ln.startswith("│") and not ln.startswith(("│ epochs", "│ wall time"))]
+    ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    out = subprocess.run([sys.executable, "-m", "calib_seg.evaluate", f"ckpt_path={ckpt}", "logger=none",
+                          f"hydra.run.dir={tmp_path / 'eval'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(headline) == 7 and all(ln in out.stdout.splitlines() for ln in headline)
+    assert "{'test/" not in out.stdout and f"run folder: {tmp_path / 'eval'}" in out.stdout.splitlines()
 
 
 def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
