@@ -29,6 +29,7 @@ from calib_seg.callbacks.guard import TrainingGuard, final_check
 from calib_seg.callbacks.progress import with_progress_bar
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.cli import launch, quiet_known_noise, tee_to_log, to_log
+from calib_seg.config import CONF_DIR
 from calib_seg.errors import input_errors
 from calib_seg.lifecycle import RunRecorder, check_config, clean_exit
 from calib_seg.records import peak_memory_mb, time_per_epoch, val_summary
@@ -286,9 +287,11 @@ def calibration_verdict(task: Any, datamodule: Any, cfg: DictConfig, out_dir: Pa
         return {"verdict": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
+# an absolute config path: run as the calib-seg-train console script, Hydra would look for a `conf` package
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def train_app(cfg: DictConfig) -> float:
+    """The Hydra app (the task function launchers and sweepers call); returns the optimised metric (NaN for
+    aborted runs) to the sweeper."""
     quiet_known_noise()  # also here: launchers such as submitit call this function without launch()
     with clean_exit(cfg), ddp_job_scope(cfg):  # bad config/input: message + exit 2; SIGTERM 143, Ctrl-C 130
         record = run(cfg)
@@ -309,5 +312,11 @@ def main(cfg: DictConfig) -> float:
     return float(value) if value is not None else math.nan
 
 
+def main() -> None:
+    """The command line, ``python -m calib_seg.train`` and the ``calib-seg-train`` console script alike: the
+    override check of :func:`calib_seg.cli.launch` (every typo at once, exit 2), then the Hydra app."""
+    launch(train_app, "train")
+
+
 if __name__ == "__main__":
-    launch(main, "train")
+    main()
