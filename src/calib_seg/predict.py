@@ -1,7 +1,11 @@
 """Apply a checkpoint to new images: ``python -m calib_seg.predict ckpt_path=... input=... output=...``.
 
 - density: a CSV with one row per image (per frame for TIFF stacks): predicted beads/mm² and, when the pixel
-  size is known, the implied bead count in the field of view (density x FOV area);
+  size is known, the implied bead count in the field of view (density x FOV area). A model sees beads at the
+  pixel size it was trained at: an input at another pixel size is resampled (area-averaged, intensities kept)
+  to the training pixel size first, and the console says so; the FOV area is always the input's own
+  (its pixels x its pixel size). Images of another size than the training images are predicted (the CNN pools
+  globally) with a warning, since that is outside what the model was validated on;
 - segmentation: one mask per input (same shape; stacks stay stacks), optionally probability maps; images larger
   than the training patch are predicted in overlapping tiles (:func:`calib_seg.models.tiling.predict_tiled`).
 
@@ -89,9 +93,58 @@ def _progress(items: list[Any], what: str) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------------------------------------ density
+def training_scale(run_cfg: DictConfig) -> tuple[float | None, int | None]:
+    """(pixel size µm, image side px) of the training images as the run config states them (None if unknown)."""
+    _, pixel = training_camera(run_cfg)
+    size = (((run_cfg.get("data") or {}).get("source") or {}).get("physics") or {}).get("image_size")
+    if size is None and "SyntheticBeads" in str(((run_cfg.get("data") or {}).get("source") or {}).get("_target_")):
+        from calib_seg.data.simulators.beads import BeadPhysics
+
+        size = BeadPhysics().image_size
+    return pixel, (int(size) if size else None)
+
+
+def to_model_scale(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resampled by ``factor`` (input pixel size / training pixel size), area-averaged when shrinking."""
+    if abs(factor - 1.0) < 1e-6:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    size = [max(1, round(n * factor)) for n in image.shape]
+    if factor < 1:  # each model pixel is the mean of the input pixels it covers
+        y = torch.nn.functional.interpolate(x, size=size, mode="area")
+    else:
+        y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y[0, 0].numpy()
+
+
+def pixel_note(pixel_size_um: float | None, trained_pixel: float | None) -> tuple[float, str | None]:
+    """(resampling factor, what the user must be told) for inputs at ``pixel_size_um`` and the training pixel size."""
+    if pixel_size_um and trained_pixel and abs(pixel_size_um / trained_pixel - 1) > 1e-3:
+        factor = pixel_size_um / trained_pixel
+        return factor, (f"inputs at {pixel_size_um:g} um/px are resampled by {factor:g} to the model's "
+                        f"{trained_pixel:g} um/px before predicting (FOV areas use the inputs' own pixel size)")
+    if not pixel_size_um:
+        return 1.0, ("pixel size unknown (no pixel_size_um, dataset.json or training pixel size): inputs are used "
+                     "as they are and no FOV area or implied count is given")
+    return 1.0, None
+
+
+def size_note(trained_size: int | None, factor: float, shapes: set[tuple[int, int]]) -> str | None:
+    """A warning when images (at the model's scale) differ from the training images' size, else None."""
+    odd = sorted({tuple(round(n * factor) for n in s) for s in shapes} - {(trained_size, trained_size)})
+    if not trained_size or not odd:
+        return None
+    sizes = ", ".join("x".join(map(str, s)) for s in odd)
+    return (f"the model was trained on {trained_size}x{trained_size} px images; these are {sizes} px at the "
+            "model's scale: predicted, but outside the image size it was validated on")
+
+
 def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_size_um: float | None,
-                    batch_size: int = 16) -> list[dict[str, Any]]:
-    """One row per image/frame: file, frame, predicted beads/mm², FOV area and implied count (None if unknown)."""
+                    batch_size: int = 16, scale: float = 1.0) -> list[dict[str, Any]]:
+    """One row per image/frame: file, frame, predicted beads/mm², FOV area and implied count (None if unknown).
+
+    ``scale``: the factor each image is resampled by before the model sees it (:func:`pixel_note`).
+    """
     rows: list[dict[str, Any]] = []
     pending: list[tuple[Path, int, np.ndarray]] = []
 
@@ -99,7 +152,7 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
         shapes = {a.shape for _, _, a in pending}
         groups = [[p for p in pending if p[2].shape == s] for s in shapes] if len(shapes) > 1 else [pending]
         for group in groups:
-            x = torch.from_numpy(np.stack([a for _, _, a in group]))[:, None].to(task.device)
+            x = torch.from_numpy(np.stack([to_model_scale(a, scale) for _, _, a in group]))[:, None].to(task.device)
             with torch.no_grad():
                 pred = task(x).double().cpu().numpy().reshape(-1)
             for (f, i, a), d in zip(group, pred):
@@ -244,7 +297,12 @@ def write_density_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, f
                               bit: int | None, pixel: float | None, out: Path) -> Path:
     """The density CSV (``out`` or ``out/predictions.csv``), with the calibration verdict when labels are known."""
     csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
-    rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)))
+    trained_pixel, trained_size = training_scale(run_cfg)
+    scale, note = pixel_note(pixel, trained_pixel)
+    rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)), scale)
+    for text in (note, size_note(trained_size, scale, {(r["height"], r["width"]) for r in rows})):
+        if text:
+            log.warning(text)
     if known_labels(Path(cfg.input), rows):  # labels known: the calibration verdict, as for a test set
         from calib_seg.metrics.calibration import summary_text
 

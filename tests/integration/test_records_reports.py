@@ -182,6 +182,39 @@ def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
         predict(pcfg)
 
 
+def test_predict_resamples_inputs_to_the_training_pixel_size_and_says_so(trained, tmp_path, caplog):
+    """The test images at twice the resolution (each pixel 2x2, 4 um/px) give the same densities and FOV areas;
+    an image of another size than the training images is predicted with a warning."""
+    import tifffile
+
+    cfg, _ = trained
+    ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    dm = instantiate(cfg.data)
+    beads = dm.prepare()
+    for name, scale in (("at8", 1), ("at4", 2)):
+        (tmp_path / name).mkdir()
+        for j in dm.split.test[:4]:
+            tifffile.imwrite(tmp_path / name / f"{j:04d}.tif", np.kron(beads.images[j], np.ones((scale, scale),
+                                                                                           beads.images[j].dtype)))
+
+    def rows(name: str, pixel: float) -> list[dict]:
+        pcfg = OmegaConf.create({"ckpt_path": str(ckpt), "input": str(tmp_path / name), "bit_depth": None,
+                                 "output": str(tmp_path / f"{name}_{pixel:g}.csv"), "pixel_size_um": pixel,
+                                 "trainer": {"accelerator": "cpu"}})
+        with predict(pcfg).open() as f:
+            return list(csv.DictReader(f))
+
+    with caplog.at_level("WARNING", logger="calib_seg.predict"):
+        at8, at4 = rows("at8", 8.0), rows("at4", 4.0)
+    assert "resampled by 0.5 to the model's 8 um/px" in caplog.text and "trained on 64x64" not in caplog.text
+    for key in ("predicted_beads_per_mm2", "fov_area_mm2", "implied_count_in_fov"):
+        np.testing.assert_allclose([float(r[key]) for r in at4], [float(r[key]) for r in at8], rtol=1e-4)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="calib_seg.predict"):
+        rows("at4", 8.0)  # claimed at the training pixel size: 128 px images the model never saw
+    assert "trained on 64x64 px images; these are 128x128 px" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------ reports
 def _check_density_report(sw: Path, names: dict[str, str] | None = None) -> str:
     """``names``: job folder -> the name the report must give it (default: the folder name)."""
