@@ -270,7 +270,8 @@ def _figures(sweep: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> list[tu
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['job'].split('_', 1)[0]}:{r.get('experiment') or r.get('arch')}"
+    """A job's name in figures: its short name (number and what the sweep varied, see ``_short_job_names``)."""
+    return str(r["job"])
 
 
 def segmentation_figures(have: list[dict[str, Any]], title: str, save: Any) -> None:
