@@ -300,6 +300,15 @@ def _fake_seg_record(job: Path, arch: str, lr: float, batch: int, best: float, s
     (job / "run.json").write_text(json.dumps(rec))
 
 
+def test_report_flags_job_numbers_with_two_folders_as_duplicates(tmp_path):
+    for name in ("0_task.optimizer.lr=0.1", "1_task.optimizer.lr=0.01", "0_task.optimizer.lr=0.1,torch_threads=2"):
+        _fake_seg_record(tmp_path / name, "unet", 0.1, 8, 0.5)
+    text = build_report(tmp_path, figures=False)
+    assert "**Warning: duplicate jobs.**" in text
+    assert "> - job 0: `0_task.optimizer.lr=0.1`, `0_task.optimizer.lr=0.1,torch_threads=2`" in text
+    assert "job 1:" not in text
+
+
 def test_hpo_report_picks_the_best_configuration_per_architecture_and_lists_aborts(tmp_path):
     grid = [("unet", 1e-3, 8, 0.70), ("unet", 1e-4, 16, 0.75), ("attention_unet", 1e-3, 8, 0.80),
             ("attention_unet", 5e-3, 32, 0.10)]
