@@ -348,6 +348,9 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
           + (f", {expected} job(s) launched" if expected is not None else "") + ".", ""]
 
     md += duplicate_warning(rows, expected)
+    from calib_seg.report_setup import setup_section  # date, code, data, seed, device, what varied
+
+    md += setup_section(sweep, rows)
     warnings = provenance_warnings(rows)
     if warnings:
         md += ["> **Warning: provenance differs between jobs.** Numbers below may not be comparable.", ">"]

@@ -300,6 +300,21 @@ def _fake_seg_record(job: Path, arch: str, lr: float, batch: int, best: float, s
     (job / "run.json").write_text(json.dumps(rec))
 
 
+def test_report_setup_section_says_code_data_seed_device_launcher_and_what_varied(two_job_sweep):
+    OmegaConf.save({"hydra": {"overrides": {"task": ["task.optimizer.lr=0.001,0.01", "torch_threads=1"]},
+                              "launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+                              "sweeper": {"params": None}}}, two_job_sweep / "multirun.yaml")
+    text = build_report(two_job_sweep, figures=False)
+    setup = text.split("## Setup")[1].split("\n## ")[0]
+    rec = json.loads(next(two_job_sweep.glob("*/run.json")).read_text())
+    fp = rec["data_fingerprint"]
+    assert f"commit `{rec['provenance']['git_commit'][:12]}`" in setup
+    assert f"fingerprint `{fp['sha256']}`" in setup
+    assert "split train/val/test `{train}/{val}/{test}`".format(**fp["split_sizes"]) in setup
+    assert "device: `cpu`; launcher: BasicLauncher" in setup and "UTC" in setup
+    assert "- varied: `task.optimizer.lr=0.001,0.01`" in setup and "- fixed overrides: `torch_threads=1`" in setup
+
+
 def test_report_flags_job_numbers_with_two_folders_as_duplicates(tmp_path):
     for name in ("0_task.optimizer.lr=0.1", "1_task.optimizer.lr=0.01", "0_task.optimizer.lr=0.1,torch_threads=2"):
         _fake_seg_record(tmp_path / name, "unet", 0.1, 8, 0.5)
