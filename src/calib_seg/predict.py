@@ -16,8 +16,10 @@ size come from the input's ``dataset.json`` or, failing that, from the training 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,14 @@ log = logging.getLogger("calib_seg.predict")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+def natural_key(path: Path) -> list[Any]:
+    """Sort key that orders numbers by value: ``50x_2.tif`` before ``50x_10.tif`` before ``100x_1.tif``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", path.name) if t]
+
+
 def input_files(path: str | Path) -> list[Path]:
-    """The image files of ``input``: the file itself, or a folder's images (also its ``images/`` sub-folder)."""
+    """The image files of ``input``: the file itself, or a folder's images (also its ``images/`` sub-folder), in
+    natural order (numbers by value)."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -49,7 +57,7 @@ def input_files(path: str | Path) -> list[Path]:
             files = list_images(path / "images")
         if not files:
             raise FileNotFoundError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
+        return sorted(files, key=natural_key)
     raise FileNotFoundError(f"input {path} does not exist")
 
 
@@ -210,15 +218,29 @@ def calibrate_rows(rows: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
     return calibration_of(cols, area, settings, split="predict")
 
 
-def write_density_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write the density rows (empty cells for unknown values) atomically; labelled rows get the label columns."""
+def _cell(value: Any, column: str, base: Path | None) -> str:
+    """One CSV cell: empty when unknown, the file relative to ``base``, counts as integers, 6 significant digits
+    (8 in the label columns, which a calibration is recomputed from)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if column == "file" and base is not None:
+        with contextlib.suppress(ValueError):
+            return Path(value).resolve().relative_to(base.resolve()).as_posix()
+    if column in ("implied_count_in_fov", "count") and isinstance(value, float):
+        return str(round(value))  # an (expected) number of beads
+    digits = 8 if column in ("nominal", "predicted") else 6  # the label columns are re-read for the calibration
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def write_density_csv(rows: list[dict[str, Any]], out: Path, base: Path | None = None) -> Path:
+    """Write the density rows (empty cells for unknown values) atomically; labelled rows get the label columns.
+
+    ``base``: the input folder; files are written relative to it (as the user named them, not absolute paths).
+    """
     cols = ["file", "frame", "height", "width", "predicted_beads_per_mm2", "fov_area_mm2", "implied_count_in_fov"]
     if rows and all("nominal" in r for r in rows):  # the columns of test_predictions.csv
         cols += ["dilution", "nominal", "predicted", "count"]
-    lines = [",".join(cols)]
-    for r in rows:
-        lines.append(",".join("" if r[c] is None or (isinstance(r[c], float) and not np.isfinite(r[c]))
-                              else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c])) for c in cols))
+    lines = [",".join(cols)] + [",".join(_cell(r[c], c, base) for c in cols) for r in rows]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
@@ -310,7 +332,8 @@ def write_density_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, f
         atomic_write_text(csv_path.with_name(f"{csv_path.stem}_calibration.json"),
                           json.dumps(block, indent=2) + "\n")
         print(summary_text(block), flush=True)
-    return write_density_csv(rows, csv_path)
+    inp = Path(cfg.input)
+    return write_density_csv(rows, csv_path, inp if inp.is_dir() else inp.parent)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
