@@ -328,7 +328,7 @@ class TrainingGuard(pl.Callback):
         trainer.fit_loop.epoch_loop.min_steps = 0
         if not trainer.is_global_zero:
             return
-        # file only: train.main prints the abort once on the console (the last line of a single run)
+        # file only: train.train_app prints the abort once on the console (the last line of a single run)
         log.warning("training guard: %s", reason, extra=FILE_ONLY)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
