@@ -159,6 +159,7 @@ def measure(task: Any, optimizer: torch.optim.Optimizer, batch: Mapping[str, tor
             final = float(_loss(probe.training_step(batch, 0)))
             out1, _ = _outputs(probe, kind, batch)
         measures.update({"loss_initial": losses[0], "loss_final": final, "loss_max": max(losses + [final]),
+                         "loss_curve": losses + [final],  # loss after 0, 1, ... steps: the ratio at any K
                          "probe_ratio": final / losses[0] if losses[0] > 0 else math.nan,
                          "clamp_fraction_final": clamp_fraction(out1)})
         if all(math.isfinite(v) for v in (losses[-1], final)):
