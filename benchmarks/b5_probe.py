@@ -63,7 +63,20 @@ def rows() -> list[tuple[str, str, list[str]]]:
         out.append((f"{p} lr 1e-2", "failure", [f"experiment={p}", "task.optimizer.lr=1e-2"]))
     out.append(("density CPU default lr 10 (diverges)", "failure", ["task.optimizer.lr=10"]))
     out.append(("mito_quick unet synthetic lr 1e-2", "other", ["experiment=mito_quick", "task.optimizer.lr=1e-2"]))
+    # a cheaper probe (half the images): does the separation hold?
+    four = ["callbacks.guard.probe_batch_size=4"]
+    out += [(f"{n}, probe batch 4", k, [*ov, *four]) for n, k, ov in list(out)
+            if n in SMALL_PROBE_ROWS]
     return out
+
+
+#: rows re-measured with a 4-image probe: the slowest healthy ones of each task and every failure
+SMALL_PROBE_ROWS = ("density CPU default filters [8,16] lr 1e-4", "C01 seed-count beads lr 1e-4",
+                    "mito_quick unet synthetic lr 1e-4", "mito_quick attention_resunet synthetic lr 1e-4",
+                    "mito_quick attention_unet synthetic lr 1e-4", "mito_quick unet lucchi4 lr 1e-4",
+                    "repro_relu_collapse", "repro_no_target_norm", "repro_relu_collapse_literal",
+                    "repro_no_target_norm_literal", "repro_no_target_norm lr 1e-2", "repro_relu_collapse lr 1e-2",
+                    "density CPU default lr 10 (diverges)")
 
 
 def summarise(name: str, kind: str, overrides: list[str], rec: dict, wall: float) -> dict:

@@ -248,9 +248,9 @@ class TrainingGuard(pl.Callback):
     def __init__(
         self,
         preflight: bool = True,
-        probe_steps: int = 20,
-        probe_batch_size: int | None = 8,
-        max_probe_ratio: float | Mapping[str, float] = 0.5,
+        probe_steps: int = 10,
+        probe_batch_size: int | None = 4,
+        max_probe_ratio: float | Mapping[str, float] = 0.995,
         max_clamp_fraction: float = 0.5,
         max_target_scale: float = 100.0,
         plumbing_tolerance: float = 1e-3,
