@@ -100,6 +100,7 @@ def summarise(group: str, name: str, overrides: list[str], rec: dict, wall: floa
     return {"group": group, "name": name, "status": rec["status"], "aborted_epoch": rec.get("aborted_epoch"),
             "check": check, "reason": reason or None, "epochs": rec.get("epochs"),
             "probe_ratio": pf.get("probe_ratio"), "preflight_s": pf.get("seconds"),
+            "probe": f"{pf['probe_steps']}x{pf['batch_size']}" if "probe_steps" in pf else None,
             "final_metric": (test_key, final) if final is not None else (metric, rec.get("best_val")),
             "wall_s": wall, "time_per_epoch_s": rec.get("time_per_epoch_s"), "overrides": overrides,
             "load_avg": common.load_avg()}
@@ -134,10 +135,12 @@ def render(load0: list[float], t0: float) -> None:
                      f"included) instead of 200 epochs: 100 % of the epochs saved.\n")
     parts.append("\n### False aborts: healthy runs (guard and pre-flight on)\n")
     parts.append(common.md_table(
-        ["run", "status", "aborted?", "check / epoch", "probe loss ratio", "epochs run", "final metric",
-         "pre-flight s", "s / epoch"],
+        ["run", "status", "aborted?", "check / epoch", "probe (steps x images)", "probe loss ratio", "epochs run",
+         "final metric", "pre-flight s", "s / epoch"],
+        # rows cached before the probe recorded its size ran the earlier 20-step, 8-image probe (limit 0.5 / 0.9)
         [[r["name"], r["status"], "yes" if r["status"] == "aborted" else "no",
-          f"{r['check']} / {r['aborted_epoch']}" if r["status"] == "aborted" else "-", f(r["probe_ratio"]),
+          f"{r['check']} / {r['aborted_epoch']}" if r["status"] == "aborted" else "-", r.get("probe") or "20x8",
+          f(r["probe_ratio"]),
           r["epochs"], f"{r['final_metric'][0]} {f(r['final_metric'][1])}", f(r["preflight_s"], 1),
           f(r["time_per_epoch_s"], 1)] for r in healthy]))
     n_false = sum(r["status"] == "aborted" for r in healthy)
