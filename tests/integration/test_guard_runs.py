@@ -122,7 +122,8 @@ def test_ddp_ranks_take_rank_0s_preflight_verdict_together(tmp_path, healthy):
 def test_ddp_ranks_stop_together_on_an_epoch_rule(tmp_path):
     # no pre-flight: the epoch rules judge each rank's own numbers, rank 0's verdict is broadcast; a rank that
     # went on alone would wait forever in its next collective (the timeout would fail the test)
-    out = _cli(*TINY_REPRO, "callbacks.guard.preflight=false", "trainer=ddp", "trainer.devices=2",
+    # each rank trains on half the images: half the optimizer steps, so min_steps is off (judge by epochs)
+    out = _cli(*TINY_REPRO, "callbacks.guard.preflight=false", "callbacks.guard.min_steps=0", "trainer=ddp", "trainer.devices=2",
                "trainer.accelerator=cpu", "test=false", f"hydra.run.dir={tmp_path}", timeout=900)
     record = json.loads((tmp_path / "run.json").read_text())
     assert out.returncode == 3, out.stderr[-2000:]
