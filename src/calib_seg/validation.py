@@ -100,6 +100,15 @@ def open_unit(v: Any) -> str | None:
     return None if _is_number(v) and 0 < v < 1 else f"expected a number strictly between 0 and 1, got {_show(v)}"
 
 
+def open_unit_or_auto(v: Any) -> str | None:
+    return None if v == "auto" else (open_unit(v) and f"expected 'auto' or a number strictly between 0 and 1, "
+                                                      f"got {_show(v)}")
+
+
+def boolean_or_auto(v: Any) -> str | None:
+    return None if v == "auto" or isinstance(v, bool) else f"expected true, false or 'auto', got {_show(v)}"
+
+
 def closed_unit(v: Any) -> str | None:
     return None if _is_number(v) and 0 <= v <= 1 else f"expected a number in [0, 1], got {_show(v)}"
 
@@ -166,7 +175,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "task.huber_delta": positive_number,
     "task.optimizer.lr": positive_number,
     "task.optimizer.weight_decay": non_negative_number,
-    "task.threshold": open_unit,
+    "task.threshold": open_unit_or_auto,
+    "task.tta": boolean_or_auto,
     "task.thresholds_curve": unit_list,
     "task.tile_size": optional_positive_int,
     "task.tile_overlap": non_negative_int,
