@@ -109,6 +109,11 @@ def boolean_or_auto(v: Any) -> str | None:
     return None if v == "auto" or isinstance(v, bool) else f"expected true, false or 'auto', got {_show(v)}"
 
 
+def augment_value(v: Any) -> str | None:
+    ok = isinstance(v, bool) or (isinstance(v, DictConfig) and "_target_" in v)
+    return None if ok else f"expected true, false or a _target_ node (e.g. PairAugment), got {_show(v)}"
+
+
 def closed_unit(v: Any) -> str | None:
     return None if _is_number(v) and 0 <= v <= 1 else f"expected a number in [0, 1], got {_show(v)}"
 
@@ -187,7 +192,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.val_fraction": fraction,
     "data.test_fraction": fraction,
     "data.num_workers": non_negative_int,
-    "data.augment": boolean,
+    "data.augment": augment_value,
     "data.patch_size": positive_int,
     "data.patches_per_epoch": positive_int,
     "data.min_foreground": closed_unit,

@@ -209,9 +209,9 @@ class SegmentationTask(pl.LightningModule):
         self.eval()
         try:
             plain = lambda x: torch.sigmoid(self.predict_logits(x.to(self.device)))  # noqa: E731
+            configured_pp = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
             choice = select_inference(plain, batches, self.auto.get("threshold", self.threshold),
-                                      self.auto.get("tta", self.tta),
-                                      self.auto.get("postprocess", dict(self.hparams["postprocess"])))
+                                      self.auto.get("tta", self.tta), self.auto.get("postprocess", configured_pp))
         finally:
             self.train(was_training)
         self.apply_choice(choice)
