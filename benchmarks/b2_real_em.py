@@ -140,16 +140,25 @@ def otsu_row(run_dir: Path) -> dict:
     return {"test_jaccard": j, "all_foreground": float(truth.mean()), "n_train": len(tr), "n_test": len(te)}
 
 
+def _short(choice: dict) -> str:
+    if not choice:
+        return "plain, threshold 0.5"
+    pp = choice["postprocess"]
+    return (f"threshold {choice['threshold']}, TTA {'on' if choice['tta'] else 'off'}, median {pp['median']}, "
+            f"min_size {pp['min_size']}")
+
+
 def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1, wall: float) -> str:
     parts = [common.section_header("B2e", True, [common.command_line()], load0, load1, wall)]
     parts.append("\n42 real EPFL slices, contiguous blocks train 28 | val 6 | test 8 (stand-in test block); "
                  "whole 768x1024 slices, foreground Jaccard pooled over all pixels. One change per row against "
                  "`base` (= `experiment=mito_lucchi_cpu`), equal epochs/steps.\n")
-    rows = [[r["name"], r["steps"], r["val_jaccard"], r["test_jaccard"],
+    rows = [[r["name"], r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
              " / ".join(f"{r['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)), r["curve_width"],
              f"{r.get('wall_s', r['fit_wall_s']):.0f}", r.get("threads", "?"),
              f"{(r.get('load_start') or ['?'])[0]} -> {(r.get('load_end') or ['?'])[0]}"] for r in runs]
-    parts.append(common.md_table(["run", "steps", "best val J (tiles, 0.5)", "test J", "test J @0.3 / 0.5 / 0.7",
+    parts.append(common.md_table(["run", "steps", "best val J (tiles, 0.5)", "test J", "test inference (chosen on val)",
+                                  "test J @0.3 / 0.5 / 0.7 (that inference)",
                                   "curve width (>= 90 % of peak)", "wall s", "threads", "load 1-min"], rows))
     parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{r.get('command', '')}`"
                                                                               for r in runs))
@@ -173,6 +182,7 @@ def main() -> None:
                          "the numerics, so compare runs at one count)")
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR of a finished run to score")
     ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--no-otsu", action="store_true")
     args = ap.parse_args()
     load0, t0 = common.load_avg(), time.perf_counter()
     dirs = dict(r.split("=", 1) for r in args.run)
@@ -182,7 +192,7 @@ def main() -> None:
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
     base = Path(dirs.get("base") or next(iter(dirs.values())))
     inference = {} if args.no_inference else inference_ablation(base)
-    otsu = otsu_row(base)
+    otsu = None if args.no_otsu else otsu_row(base)
     res = {"runs": runs, "inference": inference, "otsu": otsu, "command": common.command_line(),
            "load_avg_start": load0, "load_avg_end": common.load_avg()}
     common.write_section("B2e", res, markdown(runs, inference, otsu, load0, res["load_avg_end"],
