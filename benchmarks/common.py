@@ -33,6 +33,7 @@ SECTION_TITLES = {
     "B4": "B4 data pipeline",
     "B5": "B5 guard savings",
     "B6": "B6 inference",
+    "B7": "B7 HPO: Optuna against the grid",
 }
 
 

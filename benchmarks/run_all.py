@@ -24,6 +24,7 @@ SCRIPTS = {
     "B4": "b4_data_pipeline.py",
     "B5": "b5_guard.py",
     "B6": "b6_inference.py",
+    "B7": "b7_hpo.py",
 }
 
 

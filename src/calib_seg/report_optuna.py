@@ -1,8 +1,10 @@
-"""The Optuna part of a sweep report: trial table, best parameters, optimisation history, compute saved.
+"""The Optuna part of a sweep report: trial table, best parameters, optimisation history, parameter
+importance, compute saved.
 
 ``calib_seg.report`` calls :func:`optuna_section` for every sweep folder; it returns nothing unless the folder
 holds an Optuna study (``optuna.db``, written by ``hydra/sweeper=calib_seg_optuna``). Trial states come from
-the study: COMPLETE (a score), PRUNED (the training guard aborted the run), FAIL (the job failed, or it was
+the study: COMPLETE (a score), PRUNED (the pruner stopped a weak run, ``callbacks.optuna_pruning``, or the
+training guard aborted a doomed one), FAIL (the job failed, or it was
 interrupted by a kill: ``interrupted``; its parameters were then tried again in the trial named by ``retry of``).
 """
 
@@ -16,16 +18,15 @@ from typing import Any
 STUDY_FILE = "optuna.db"
 
 
-def load_trials(sweep: Path) -> tuple[str, list[Any]] | None:
-    """(study name, trials) of the single study in ``<sweep>/optuna.db``; ``None`` without one."""
+def load_study(sweep: Path) -> Any:
+    """The single ``optuna.Study`` in ``<sweep>/optuna.db``; ``None`` without one."""
     import optuna
 
     storage = f"sqlite:///{sweep / STUDY_FILE}"
     summaries = optuna.get_all_study_summaries(storage=storage)
     if len(summaries) != 1:
         return None
-    name = summaries[0].study_name
-    return name, optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
 
 
 def _max_epochs(job_dir: str | None) -> int | None:
@@ -71,16 +72,53 @@ def trial_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: how a trial's note starts when the in-job pruner (not the training guard) stopped it
+PRUNER_NOTE = "pruned by Optuna"
+
+
 def compute_saved(rows: list[dict[str, Any]]) -> str:
-    """How many epochs the PRUNED trials (guard aborts) did not train, against their ``max_epochs``."""
+    """How many epochs the PRUNED trials (pruner or guard) did not train, against their ``max_epochs``."""
     pruned = [r for r in rows if r["state"] == "PRUNED" and r["max_epochs"] is not None]
     if not pruned:
         return "No trial was pruned."
+    by_pruner = sum(r["note"].startswith(PRUNER_NOTE) for r in pruned)
     ran = sum(int(r["epochs"] or 0) for r in pruned)
     planned = sum(r["max_epochs"] for r in pruned)
     spent = sum(float(r["time_s"] or 0) for r in pruned)
-    return (f"{len(pruned)} pruned trial(s) (training-guard aborts) trained {ran} of their {planned} planned "
-            f"epochs: {planned - ran} epoch(s) not spent; they took {spent:.0f} s in total.")
+    return (f"{len(pruned)} pruned trial(s) ({by_pruner} by the pruner, {len(pruned) - by_pruner} by the training "
+            f"guard) trained {ran} of their {planned} planned epochs: {planned - ran} epoch(s) not spent; they took "
+            f"{spent:.0f} s in total.")
+
+
+def importance_lines(study: Any, path: Path | None) -> list[str]:
+    """Parameter importance over the completed trials (Optuna's default fANOVA evaluator, which needs
+    scikit-learn): a table, and a bar figure at ``path`` (none when ``None``). Says why when it cannot be had."""
+    import optuna
+
+    try:
+        scores = optuna.importance.get_param_importances(study)
+    except ImportError:
+        return ["Parameter importance needs scikit-learn (`pip install scikit-learn`, in the dev extra).", ""]
+    except (ValueError, RuntimeError) as exc:  # too few completed trials, or no parameter varied
+        return [f"Parameter importance is not available: {exc}", ""]
+    if not scores:
+        return []
+    lines = ["### Parameter importance", "", "fANOVA over the completed trials (sums to 1; with few trials it is a "
+             "rough guide).", "", "| parameter | importance |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.3f} |" for k, v in scores.items()]
+    if path is not None:
+        import matplotlib.pyplot as plt
+
+        from calib_seg import plots
+
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(scores)))
+        names = list(scores)[::-1]
+        ax.barh(names, [scores[n] for n in names])
+        ax.set_xlabel("importance (fANOVA, fraction of the objective's variance)")
+        ax.set_xlim(0, 1)
+        plots.save_figure(fig, path)
+        lines += ["", f"![parameter importance]({path.parent.name}/{path.name})"]
+    return lines + [""]
 
 
 def history_figure(rows: list[dict[str, Any]], path: Path, title: str, maximize: bool = True) -> Path | None:
@@ -100,7 +138,7 @@ def history_figure(rows: list[dict[str, Any]], path: Path, title: str, maximize:
         running = max(running, y) if maximize else min(running, y)
         best.append(running)
     ax.plot(xs, ys, "o", label="completed trial")
-    ax.step(xs, best, where="post", label="best so far")
+    ax.step(xs, best, where="post", label=f"best so far ({'max' if maximize else 'min'})")
     low = min(ys)
     for state, marker in (("PRUNED", "v"), ("FAIL", "x")):
         nums = [r["number"] for r in rows if r["state"] == state]
@@ -119,25 +157,28 @@ def optuna_section(sweep: Path, figures: bool = True, fig_dir: str = "report_fig
     if not (sweep / STUDY_FILE).is_file():
         return []
     try:
-        loaded = load_trials(sweep)
+        study = load_study(sweep)
     except ImportError:
         return ["## Optuna study", "", f"`{STUDY_FILE}` is here; install the hpo extra (`make install-hpo`) to "
                 "report it.", ""]
-    if loaded is None:
+    if study is None:
         return []
-    name, trials = loaded
-    rows = trial_rows(trials)
+    import optuna
+
+    name, maximize = study.study_name, study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = trial_rows(study.get_trials(deepcopy=False))
     states = [r["state"] for r in rows]
     md = [f"## Optuna study `{name}`", "",
           f"{len(rows)} trial(s): " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))) + ".", ""]
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     if complete:
-        best = max(complete, key=lambda r: r["value"])
+        best = (max if maximize else min)(complete, key=lambda r: r["value"])
         md += [f"Best: trial {best['number']}, value {best['value']:.4g}, parameters "
                + ", ".join(f"`{k}={v}`" for k, v in best["params"].items()), ""]
     md += [compute_saved(rows), "", trial_table(rows), ""]
     if figures:
-        fig = history_figure(rows, sweep / fig_dir / "optuna_history.png", f"{name}: optimisation history")
+        fig = history_figure(rows, sweep / fig_dir / "optuna_history.png", f"{name}: optimisation history",
+                             maximize)
         if fig is not None:
             md += ["### Optimisation history", "", f"![optimisation history]({fig_dir}/optuna_history.png)", ""]
-    return md
+    return md + importance_lines(study, sweep / fig_dir / "optuna_importance.png" if figures else None)

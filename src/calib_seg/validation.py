@@ -256,8 +256,9 @@ def _task_problems(cfg: DictConfig, spec: TaskSpec, known: dict[str, TaskSpec]) 
     problems += [f"{key}: required by the {spec.name} task, not set" for key in spec.required_keys
                  if _get(cfg, key) in (_ABSENT, None)]
     data_t = _get(cfg, "data._target_")
-    owner = next((s for s in known.values() if str(data_t).rsplit(".", 1)[-1] in s.datamodules), None)
-    if owner is not None and owner is not spec:
+    owners = [s for s in known.values() if str(data_t).rsplit(".", 1)[-1] in s.datamodules]
+    owner = owners[0] if owners else None
+    if owner is not None and spec not in owners:
         problems.append(f"data._target_: {data_t} holds {owner.name} data, which the {spec.name} task cannot "
                         f"train on; choose a data config for the {spec.name} task (or task={owner.name})")
     metric = _get(cfg, "optimized_metric")

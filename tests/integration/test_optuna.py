@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,6 +25,7 @@ optuna = pytest.importorskip("optuna", reason="the hpo extra is not installed (m
 from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from calib_seg.callbacks.optuna_pruning import OptunaPruning  # noqa: E402
 from calib_seg.report import build_report  # noqa: E402
 from helpers.paths import REPO  # noqa: E402
 from hydra_plugins.calib_seg_optuna_sweeper._impl import (  # noqa: E402
@@ -214,3 +216,92 @@ def test_mito_search_hands_each_trials_model_lr_and_batch_to_its_job(tmp_path):
             assert record["epochs"] == 1 and t.value == pytest.approx(record["best_val"])
         else:  # a guard abort (the pre-flight can stop a low-lr toy run at epoch 0)
             assert record["status"] == "aborted" and t.user_attrs["reason"] == record["reason"]
+
+
+# --- in-job pruning (callbacks.optuna_pruning) -------------------------------------------------------------------
+def _stub_trainer(value: float, epoch: int) -> SimpleNamespace:
+    return SimpleNamespace(callback_metrics={"val/r2": value}, current_epoch=epoch, sanity_checking=False,
+                           is_global_zero=True, should_stop=False,
+                           strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+
+
+def test_pruning_reports_every_epoch_and_stops_a_trial_below_the_median_after_warm_up(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for _ in range(4):  # four earlier trials that reached 0.9 at every epoch
+        earlier = study.ask()
+        for step in range(4):
+            earlier.report(0.9, step)
+        study.tell(earlier, 0.9)
+    weak, strong = study.ask(), study.ask()
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    callbacks = {}
+    for trial, value in ((weak, 0.1), (strong, 0.95)):
+        cb = OptunaPruning("val/r2", pruner, storage=storage, study_name="s", trial_number=trial.number)
+        cb.on_fit_start(_stub_trainer(value, 0), None)
+        for epoch in range(4):
+            trainer = _stub_trainer(value, epoch)
+            cb.on_validation_end(trainer, None)
+            if trainer.should_stop:
+                break
+        callbacks[trial.number] = (cb, epoch, trainer.should_stop)
+    cb, epoch, stopped = callbacks[weak.number]
+    # epochs 0 and 1 are warm-up: the weak trial runs on, and is stopped at epoch 2 with a reason naming the pruner
+    assert (stopped, epoch, cb.aborted_epoch) == (True, 2, 2)
+    assert cb.abort_reason.startswith("pruned by Optuna (MedianPruner) at epoch 2: val/r2 0.1")
+    cb, epoch, stopped = callbacks[strong.number]
+    assert (stopped, epoch, cb.abort_reason) == (False, 3, None)
+    values = {t.number: t.intermediate_values for t in optuna.load_study(study_name="s", storage=storage).get_trials()}
+    assert values[weak.number] == {0: 0.1, 1: 0.1, 2: 0.1} and values[strong.number] == {s: 0.95 for s in range(4)}
+
+
+def test_pruning_is_off_outside_an_optuna_sweep_and_for_a_trial_that_is_not_running(tmp_path):
+    cb = OptunaPruning("val/r2", optuna.pruners.MedianPruner())
+    cb.on_fit_start(_stub_trainer(0.0, 0), None)  # no Hydra sweep: nothing to report to
+    cb.on_validation_end(_stub_trainer(0.0, 0), None)
+    assert cb.trial is None and cb.abort_reason is None
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    done = study.ask()
+    study.tell(done, 1.0)
+    cb = OptunaPruning("val/r2", optuna.pruners.MedianPruner(), storage=storage, study_name="s", trial_number=0)
+    cb.on_fit_start(_stub_trainer(0.0, 0), None)
+    assert cb.trial is None
+
+
+def test_a_job_pruned_inside_the_sweep_is_a_pruned_trial_with_its_epochs_reported(tmp_path):
+    # a pruner no trial can satisfy (val/r2 > 2) prunes every job at its first validated epoch of three
+    proc = _sweep(*TINY, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", "trainer.max_epochs=3",
+                  "callbacks.guard.preflight=false",
+                  "callbacks.optuna_pruning.pruner._target_=optuna.pruners.ThresholdPruner",
+                  "~callbacks.optuna_pruning.pruner.n_startup_trials", "~callbacks.optuna_pruning.pruner.n_warmup_steps",
+                  "+callbacks.optuna_pruning.pruner.lower=2.0")
+    err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    trials = _study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    for t in trials:
+        assert list(t.intermediate_values) == [0] and t.value is None
+        assert t.user_attrs["reason"].startswith("pruned by Optuna (ThresholdPruner) at epoch 0: val/r2")
+        record = json.loads((Path(t.user_attrs["job_dir"]) / "run.json").read_text())
+        assert record["status"] == "aborted" and record["aborted_epoch"] == 0 and record["epochs"] == 1
+        assert t.intermediate_values[0] == pytest.approx(record["metrics"]["val/r2"])
+    report = build_report(tmp_path, figures=False)
+    assert "trained 2 of their 6 planned epochs" in report and "pruner" in report
+
+
+def test_report_ranks_the_parameter_that_drives_the_objective_first_and_draws_it(tmp_path):
+    pytest.importorskip("sklearn", reason="fANOVA importance needs scikit-learn (dev extra)")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("lr", 0, 1) - 0.3) ** 2 + 0.01 * t.suggest_float("noise", 0, 1),
+                   n_trials=30)
+    from calib_seg.report_optuna import optuna_section
+
+    md = "\n".join(optuna_section(tmp_path))
+    rows = [line for line in md.split("### Parameter importance")[1].splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["lr", "noise"]
+    assert float(rows[0].split("|")[2]) > 0.9
+    assert (tmp_path / "report_figures" / "optuna_importance.png").stat().st_size > 1000
+    # a minimised study's best is its lowest value
+    assert f"Best: trial {study.best_trial.number}, value {study.best_value:.4g}" in md

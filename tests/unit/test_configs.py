@@ -24,6 +24,7 @@ SEG_OPTIONS = {"data/mito_synth", "data/mito_epfl", "data/mito_folder", "task/se
 BASES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*_base.yaml"))
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if p.stem not in BASES)
 CALLBACKS = sorted(p.stem for p in (CONF_DIR / "callbacks").glob("*.yaml") if p.stem not in ("default", "none"))
+OPT_IN_CALLBACKS = ["optuna_pruning"]  # added by the searches that need them, not by callbacks/default.yaml
 
 
 def _compose(overrides: list[str], config_name: str = "train", hydra: bool = False):
@@ -34,12 +35,20 @@ def _compose(overrides: list[str], config_name: str = "train", hydra: bool = Fal
         GlobalHydra.instance().clear()
 
 
+#: options that only form a valid run with the density-map model
+MAP_OPTIONS = {"data/point_folder", "task/density_map"}
+
+
 def overrides_for(rel: str) -> list[str]:
     """The command line that selects ``conf/<rel>`` (plus the groups it needs to form a valid run)."""
     group, _, name = rel.removesuffix(".yaml").rpartition("/")
     if not group:  # train/evaluate/predict: primary configs, composed by name
         return []
+    if group == "study":  # study configs (calib_seg.study) are no group of the train config: added, not chosen
+        return [f"+study={name}"]
     choice = f"{group}={name}"
+    if f"{group}/{name}" in MAP_OPTIONS:  # density-map data and task: with the model that selects that task
+        return [choice, "model=density_map"]
     if f"{group}/{name}" in SEG_OPTIONS:
         base = [o for o in SEG if o.split("=")[0] != group]
         return [*base, choice]
@@ -49,7 +58,7 @@ def overrides_for(rel: str) -> list[str]:
 def test_every_config_group_folder_is_covered():
     groups = {c.rpartition("/")[0] for c in CONFIGS}
     assert groups >= {"data", "model", "task", "trainer", "callbacks", "logger", "paths", "hydra",
-                      "hydra/launcher", "experiment", "hparams_search", "debug", ""}, groups
+                      "hydra/launcher", "experiment", "hparams_search", "debug", "study", ""}, groups
     assert len(CONFIGS) >= 40, CONFIGS
 
 
@@ -141,7 +150,7 @@ def test_published_mito_presets_differ_only_in_model_and_name(preset):
 
 def test_callbacks_default_composes_every_callback_file_in_order():
     cbs = _compose([]).callbacks
-    assert sorted(cbs) == CALLBACKS and len(CALLBACKS) == 8
+    assert sorted(cbs) == sorted(set(CALLBACKS) - set(OPT_IN_CALLBACKS)) and len(cbs) == 8
     assert list(cbs)[:2] == ["model_checkpoint", "early_stopping"]  # the order of the file's defaults list
     for name in CALLBACKS:  # one file = one callback, under its own key (callbacks.<name>.x=... on the command line)
         only = _compose([f"callbacks={name}"]).callbacks

@@ -13,7 +13,7 @@ from calib_seg.callbacks.guard import GuardRules, TrainingGuard, check, final_ch
 from calib_seg.config import compose
 from calib_seg.models import NORMS
 from calib_seg.models.density import HEAD_ACTIVATIONS
-from calib_seg.tasks import density, segmentation
+from calib_seg.tasks import density, density_map, segmentation
 from calib_seg.tasks.transforms import KINDS
 from calib_seg.validation import models, problems_in, tasks
 
@@ -46,8 +46,8 @@ def test_guard_rules_refuse_impossible_combinations_and_unknown_names():
 
 
 def test_validation_allows_what_the_owning_modules_define():
-    assert set(models()) == {m for t in (density, segmentation) for m in t.SPEC.models}
-    assert set(tasks()) == {density.SPEC.target, segmentation.SPEC.target}
+    assert set(models()) == {m for t in (density, density_map, segmentation) for m in t.SPEC.models}
+    assert set(tasks()) == {density.SPEC.target, density_map.SPEC.target, segmentation.SPEC.target}
     cases = {"model.norm=nrom": NORMS, "model.head_activation=gelu": [a for a in HEAD_ACTIVATIONS if a],
              "task.target_transform=log": KINDS, "task.loss=l1": density.LOSSES}
     for override, allowed in cases.items():

@@ -142,7 +142,8 @@ def measure(task: Any, optimizer: torch.optim.Optimizer, batch: Mapping[str, tor
         probe.train()
         with torch.no_grad():
             out0, target = _outputs(probe, kind, batch)
-        measures: dict[str, Any] = {"task": kind, "probe_steps": int(steps), "batch_size": int(len(batch["image"])),
+        spec = getattr(task, "spec", None)
+        measures: dict[str, Any] = {"task": kind, "task_name": getattr(spec, "name", kind), "probe_steps": int(steps), "batch_size": int(len(batch["image"])),
                                     "clamp_fraction_initial": clamp_fraction(out0)}
         if kind == "density":
             measures["target_scale"] = _rms(target) / max(_rms(out0), 1.0)
@@ -187,7 +188,8 @@ def judge(m: Mapping[str, Any], *, max_probe_ratio: float | Mapping[str, float] 
                 f"(first {l0:.4g}, max {lmax:.4g}, final {l1:.4g}): the learning rate diverges")
     ratio = m["probe_ratio"]
     if isinstance(max_probe_ratio, Mapping):
-        max_probe_ratio = float(max_probe_ratio[m["task"]])
+        # a task's own limit (e.g. density_map) when the mapping names it, else its kind's (density/segmentation)
+        max_probe_ratio = float(max_probe_ratio.get(m.get("task_name"), max_probe_ratio[m["task"]]))
     if not ratio <= max_probe_ratio:
         return (f"pre-flight fit probe: loss on one training batch went {l0:.4g} -> {l1:.4g} in {steps} steps "
                 f"(ratio {ratio:.3g} > {max_probe_ratio:g}; max {lmax:.4g}): this configuration cannot fit even "

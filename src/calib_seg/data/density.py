@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from calib_seg.data.containers import BeadSet
+from calib_seg.data.points import MapTarget, density_map, dots_map
 from calib_seg.data.sources.protocol import DensitySource
 from calib_seg.data.splits import Split, split_note, stratified_split
 
@@ -30,21 +31,40 @@ class _BeadDataset(Dataset):
     Flips and right-angle rotations preserve the bead count, so they are label-safe augmentation.
     """
 
-    def __init__(self, beads: BeadSet, indices: np.ndarray, augment: bool) -> None:
+    def __init__(self, beads: BeadSet, indices: np.ndarray, augment: bool,
+                 maps: tuple[MapTarget, float] | None = None) -> None:
         self.beads, self.indices, self.augment = beads, np.asarray(indices), augment
+        #: (target, pixel size in um) when the task trains on density maps: each item then carries "map", "dots"
+        self.maps = maps
+        self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _targets(self, j: int, shape: tuple[int, int]) -> torch.Tensor:
+        """(2, H, W): density map and dots of image ``j``, computed once (augmentation moves them afterwards)."""
+        if j not in self._cache:
+            target, px_um = self.maps
+            centres = np.asarray(self.beads.centres_um[j], float).reshape(-1, 2) / px_um
+            dmap = density_map(centres, shape, target.sigma_for(px_um), target.scale)
+            self._cache[j] = torch.from_numpy(np.stack([dmap, dots_map(centres, shape)]))
+        return self._cache[j]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(self.indices[i])
         img = torch.from_numpy(self.beads.images[j].astype(np.float32) / self.beads.scale)[None]
+        extra = {}
+        if self.maps is not None:  # stacked with the image so flips and rotations move both alike
+            img = torch.cat([img, self._targets(j, img.shape[1:])])
         if self.augment:
             k = int(torch.randint(0, 4, ()).item())
             img = torch.rot90(img, k, dims=(1, 2))
             if torch.rand(()) < 0.5:
                 img = torch.flip(img, dims=(2,))
+        if self.maps is not None:
+            img, extra["map"], extra["dots"] = img[:1], img[1:2].contiguous(), img[2:].contiguous()
         return {
+            **extra,
             "image": img.contiguous(),
             "density": torch.tensor(self.beads.density[j], dtype=torch.float32),
             "dilution": torch.tensor(self.beads.dilution[j], dtype=torch.float32),
@@ -95,6 +115,28 @@ class DensityDataModule(pl.LightningDataModule):
         self.beads: BeadSet | None = None
         self.split: Split | None = None
         self.split_note: str | None = None
+        self.map_target: MapTarget | None = None
+
+    def serve_maps(self, target: MapTarget) -> None:
+        """Add ``"map"`` (B, 1, H, W) density-map targets and ``"dots"`` (B, 1, H, W) centres per pixel to every
+        batch (the density-map task asks for them).
+
+        Needs bead centres (synthetic data, or a bead folder with ``centres.csv``) and the pixel size.
+        """
+        beads = self.prepare()
+        if beads.centres_um is None:
+            raise ValueError("density maps need bead centres: this data source has none (a bead folder needs "
+                             "centres.csv; or train the global density model)")
+        if self.pixel_size_um() is None:
+            raise ValueError("density maps from centres in um need the pixel size (data.source.pixel_size_um)")
+        self.map_target = target
+
+    def pixel_size_um(self) -> float | None:
+        """um per pixel of the (square) images, from the FOV area; None when unknown."""
+        beads = self.prepare()
+        if beads.fov_area_mm2 is None:
+            return None
+        return float(np.sqrt(beads.fov_area_mm2) * 1e3 / beads.images.shape[-1])
 
     def prepare(self) -> BeadSet:
         """Load (or simulate) the data and split it, once; later calls return the cached set."""
@@ -114,7 +156,8 @@ class DensityDataModule(pl.LightningDataModule):
         beads = self.prepare()
         idx = getattr(self.split, which)
         return DataLoader(
-            _BeadDataset(beads, idx, augment=train and self.augment),
+            _BeadDataset(beads, idx, augment=train and self.augment,
+                         maps=None if self.map_target is None else (self.map_target, self.pixel_size_um())),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             # R2Score needs >= 2 samples per update in DDP shards; a trailing batch of 1 would also make

@@ -145,6 +145,12 @@ class DensityRegressionTask(pl.LightningModule):
         pred = self.target_tf.inverse(z).float()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z),
                  sync_dist=True)
+        self._record(pred, batch, stage)
+        return pred
+
+    def _record(self, pred: torch.Tensor, batch: dict[str, torch.Tensor], stage: str) -> None:
+        """Update the stage's metrics and per-image store with predictions in beads/mm²."""
+        target = batch["density"]
         nan = torch.full_like(target, float("nan"))
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(pred, target, level=batch.get("dilution", nan))
@@ -155,7 +161,6 @@ class DensityRegressionTask(pl.LightningModule):
         store["count"].update(batch.get("count", nan))
         # stored as float32 (exact below 2**24 images); -1 when the loader gives no index
         store["index"].update(batch["index"].float() if "index" in batch else torch.full_like(target, -1.0))
-        return pred
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 #: the modules that define the shipped tasks (each holds one LightningModule with a ``spec``)
-TASK_MODULES = ("calib_seg.tasks.density", "calib_seg.tasks.segmentation")
+TASK_MODULES = ("calib_seg.tasks.density", "calib_seg.tasks.density_map", "calib_seg.tasks.segmentation")
 
 
 @dataclasses.dataclass(frozen=True)

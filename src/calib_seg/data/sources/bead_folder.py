@@ -198,7 +198,22 @@ class BeadFolder:
             fingerprint={"source": "bead_folder", "root": str(self.root.resolve()), "n_images": len(kept),
                          "manifest_sha256": manifest_hash, "skipped_files": skipped, "bit_depth": bit_depth,
                          "pixel_size_um": pixel},
+            centres_um=self._centres([r["file"] for r in kept]),
         )
+
+    def _centres(self, files: list[str]) -> list[np.ndarray] | None:
+        """Bead centres (y, x) in um per image from ``centres.csv`` (None without it, or when images are resized);
+        an image without rows holds no counted bead."""
+        path = self.root / "centres.csv"
+        if not path.is_file() or self.resize:
+            return None
+        by_file: dict[str, list[tuple[float, float]]] = {f: [] for f in files}
+        with path.open(newline="") as f:
+            for line, r in enumerate(csv.DictReader(f), start=2):
+                if r.get("file") in by_file:
+                    by_file[r["file"]].append((_number(r.get("y_um"), f"{path}, line {line}", "y_um", False),
+                                               _number(r.get("x_um"), f"{path}, line {line}", "x_um", False)))
+        return [np.asarray(by_file[f], float).reshape(-1, 2) for f in files]
 
     def _same_size(self, images: list[np.ndarray], rows: list[dict[str, Any]]) -> list[np.ndarray]:
         if self.resize:
