@@ -199,7 +199,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
         fit = fit_summary(trainer, callbacks, rec.elapsed())  # before testing: test() replaces callback_metrics
-        test_metrics = test_best(trainer, task, datamodule, callbacks) if cfg.get("test", True) and not fit["aborted"] else {}
+        test_metrics: dict[str, float] = {}
+        if cfg.get("test", True) and not fit["aborted"]:
+            choice = choose_on_validation(task, datamodule, callbacks)  # task.threshold=auto etc.: before test
+            test_metrics = test_best(trainer, task, datamodule, callbacks)
+            if choice is not None:
+                rec.record["inference_choice"] = choice
+                test_metrics["test/threshold"] = float(choice["threshold"])
         rec.record.update(outcome(cfg, rec, fit, test_metrics))
     return rec.record
 
@@ -229,6 +235,23 @@ def fit_summary(trainer: pl.Trainer, callbacks: list[Any], fit_time: float) -> d
     return {"aborted": abort_reason(callbacks), "epochs": trainer.current_epoch, "fit_time": fit_time,
             "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()
                             if k.startswith(("val/", "train/"))}}
+
+
+def choose_on_validation(task: Any, datamodule: Any, callbacks: list[Any]) -> dict[str, Any] | None:
+    """The task's ``"auto"`` inference options (threshold, TTA, post-processing) chosen on the whole validation
+    images with the best checkpoint's weights, before any test data is read; None when nothing is ``"auto"``."""
+    if not getattr(task, "auto", None):
+        return None
+    from calib_seg.checkpoints import read_checkpoint
+
+    best = next((cb.best_model_path for cb in callbacks
+                 if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path), None)
+    if best:
+        task.load_state_dict(read_checkpoint(best, map_location=task.device)["state_dict"])
+    choice = task.choose_on_validation(datamodule.whole_val_dataloader())
+    log.info("chosen on %d validation images: threshold %.2f, tta %s, postprocess %s (val Jaccard %.4f)",
+             choice["n_images"], choice["threshold"], choice["tta"], choice["postprocess"], choice["val_jaccard"])
+    return choice
 
 
 def test_best(trainer: pl.Trainer, task: Any, datamodule: Any, callbacks: list[Any]) -> dict[str, float]:
