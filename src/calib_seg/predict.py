@@ -119,11 +119,12 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
     return rows
 
 
-def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
+def known_labels(inp: Path, rows: list[dict[str, Any]], predicted_key: str = "predicted_beads_per_mm2") -> bool:
     """Add ``dilution``, ``nominal``, ``predicted``, ``count`` to ``rows`` when ``inp`` is a labelled bead folder
     (``manifest.csv`` or names like ``50x_001.tif``, see :class:`~calib_seg.data.sources.bead_folder.BeadFolder`).
 
-    Returns whether every row got a label (single-frame images only: a stack has no per-frame label).
+    ``predicted`` is copied from ``predicted_key``. Returns whether every row got a label (single-frame images
+    only: a stack has no per-frame label).
     """
     from calib_seg.data.sources.bead_folder import BeadFolder
 
@@ -141,7 +142,7 @@ def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
         return False
     for r in rows:
         lab = labels[Path(r["file"]).resolve()]
-        r.update({"dilution": lab["dilution"], "nominal": lab["density"], "predicted": r["predicted_beads_per_mm2"],
+        r.update({"dilution": lab["dilution"], "nominal": lab["density"], "predicted": r[predicted_key],
                   "count": lab["count"]})
     return True
 
