@@ -140,3 +140,22 @@ def test_density_map_beats_the_global_model_at_the_sparse_levels(tmp_path):
         maes[f"{name}_r2"] = tm["test/r2"]
     assert maes["map"] < 0.5 * maes["global"], maes
     assert maes["map_r2"] > 0.5, maes  # it learned the range too, not only an empty map at the sparse end
+
+
+def test_predict_on_a_labelled_bead_folder_gives_count_errors_and_the_calibration_table(point_run, tmp_path):
+    from calib_seg.data.sources.bead_folder import write_bead_folder
+    from calib_seg.data.sources.beads_synth import SyntheticBeads
+
+    _, run_dir, _ = point_run
+    src = SyntheticBeads(n_per_level=2, seed=5, dilutions=[50, 51200], density_range=[7964, 15],
+                         physics={"image_size": 48, "pixel_size_um": 4.0, "psf_sigma_um": 2.0})
+    folder = write_bead_folder(src, tmp_path / "labelled")
+    rows = _rows(_predict(run_dir, folder, tmp_path / "out.csv", pixel_size_um=4.0,
+                          calibration={"max_excess": 2.0}))
+    assert len(rows) == 4 and {r["dilution"] for r in rows} == {"50", "51200"}
+    for r in rows:  # the folder's realised count is the truth; "predicted" is the density the verdict reads
+        assert float(r["true_count"]) == float(r["count"])
+        assert float(r["count_error"]) == pytest.approx(float(r["predicted_count"]) - float(r["count"]), abs=1e-5)
+        assert float(r["predicted"]) == float(r["density"]) and r["density_unit"] == "objects/mm2"
+    block = json.loads((tmp_path / "out_calibration.json").read_text())
+    assert [lv["level"] for lv in block["levels"]] == ["50x", "51200x"]
