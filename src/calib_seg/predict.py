@@ -2,6 +2,8 @@
 
 - density: a CSV with one row per image (per frame for TIFF stacks): predicted beads/mm² and, when the pixel
   size is known, the implied bead count in the field of view (density x FOV area);
+- density map (``model=density_map``): counts, densities, detected objects, optional map TIFFs and overlays
+  (:mod:`calib_seg.predict_map`; large images tiled, overlapping map values averaged);
 - segmentation: one mask per input (same shape; stacks stay stacks), optionally probability maps; images larger
   than the training patch are predicted in overlapping tiles (:func:`calib_seg.models.tiling.predict_tiled`).
 
