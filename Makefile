@@ -88,6 +88,14 @@ sweep-hpo-optuna: $(HPO_STAMP) ## Optuna TPE over the mito grid's space (20 tria
 sweep-density-optuna: $(HPO_STAMP) ## Optuna TPE over density filters x lr x batch (20 trials) + report; ARGS="hydra.sweep.dir=... (resume)"
 	$(call run_sweep,density_optuna)
 
+# --- studies: several sweeps x seeds, one report answering the seed report's questions (docs/sweeps.md "Studies") ---
+# The same command with the same study.dir=... resumes (finished jobs are skipped); ARGS go to every job.
+study-calibration: $(VENV_STAMP) ## architecture + filter + 50x-extrapolation sweeps x study.seeds, one study.md; ARGS="study=calibration_quick" (CPU) or "hydra/launcher=slurm study.dir=..."
+	$(PY) -m calib_seg.study calibration $(ARGS)
+
+study-mito: $(VENV_STAMP) ## mito 36-run grid x study.seeds, one study.md; ARGS="study=mito_quick" (CPU) or "data.source.root=/path/to/epfl hydra/launcher=slurm"
+	$(PY) -m calib_seg.study mito $(ARGS)
+
 slurm-up: ## start a single-node SLURM cluster on this machine (root/sudo, apt; idempotent)
 	scripts/slurm-local-up
 
@@ -107,4 +115,4 @@ bench: $(VENV_STAMP) ## benchmarks B1-B6 at CPU size -> benchmarks/results.{md,j
 
 .PHONY: bench
 
-.PHONY: help install install-export install-hpo train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo sweep-hpo-optuna sweep-density-optuna slurm-up slurm-down
+.PHONY: help install install-export install-hpo train test test-slow test-full lint tensorboard sweep-filters sweep-arch sweep-hpo sweep-hpo-optuna sweep-density-optuna study-calibration study-mito slurm-up slurm-down

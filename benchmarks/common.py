@@ -28,6 +28,7 @@ RESULTS_MD = BENCH_DIR / "results.md"
 SECTION_TITLES = {
     "B1": "B1 density quality",
     "B2": "B2 segmentation quality",
+    "B2e": "B2 segmentation quality on real EM (42 EPFL slices)",
     "B3": "B3 framework overhead",
     "B4": "B4 data pipeline",
     "B5": "B5 guard savings",

@@ -5,6 +5,7 @@ Shared by the entry points (evaluate, predict, export) so that none of them impo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from calib_seg.records import read_record
+
+log = logging.getLogger(__name__)
 
 # Buffers the density task fits on its training split and needs at inference (tasks/density.py).
 DENSITY_NORMALISATION_KEYS = ("input_mean", "input_std", "data_fitted", "target_tf.mean", "target_tf.std",
@@ -83,6 +86,13 @@ def load_task(ckpt_path: str | Path, run_cfg: DictConfig | None = None,
     state = read_checkpoint(ckpt_path, map_location)
     task = instantiate(run_cfg.task, model=instantiate(run_cfg.model))
     task.load_state_dict(state["state_dict"])
+    if getattr(task, "auto", None):  # task.threshold=auto etc.: the choice training made on validation
+        choice = (read_record(run_dir_of(ckpt_path)) or {}).get("inference_choice")
+        if choice:
+            task.apply_choice(choice)
+        else:
+            log.warning("%s: %s set to auto but its run.json holds no validation choice; using threshold %.2f, "
+                        "no TTA, no post-processing", ckpt_path, sorted(task.auto), task.threshold)
     return task.eval()
 
 

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from calib_seg import resolvers  # noqa: F401  (registers ${uniq:} etc. before Hydra composes)
 from calib_seg.callbacks.figures import RunFigures
 from calib_seg.checkpoints import load_run_config, load_task, run_dir_of  # noqa: F401  (public here before)
-from calib_seg.cli import launch, quiet_known_noise
+from calib_seg.cli import launch, quiet_known_noise, tee_to_log
 from calib_seg.errors import input_errors
 from calib_seg.lifecycle import RunRecorder, clean_exit
 from calib_seg.records import read_record, resolved_config
-from calib_seg.tasks.spec import spec_of
+from calib_seg.summary import print_summary
 
 log = logging.getLogger("calib_seg.evaluate")
 
@@ -103,15 +103,8 @@ def main(cfg: DictConfig) -> None:
         require(cfg, {"ckpt_path": "a checkpoint written by calib_seg.train, e.g. "
                                    "ckpt_path=outputs/density/<run>/checkpoints/best-epoch012.ckpt"})
         record = evaluate(cfg)
-    m = record["metrics"] or {}
-    spec = spec_of(record)
-    keys = spec.headline_keys() if spec is not None else ()
-    shown = {k: round(m[k], 4) for k in keys if isinstance(m.get(k), float)}
-    print(f"evaluated {cfg.ckpt_path}: {shown}\nrecord: {Path(cfg.paths.output_dir) / 'run.json'}")
-    if record.get("calibration"):
-        from calib_seg.metrics.calibration import summary_text
-
-        print(summary_text(record["calibration"]))
+    with tee_to_log():  # the same table as train prints, also into the evaluation's log file
+        print_summary(record)
 
 
 if __name__ == "__main__":

@@ -255,9 +255,22 @@ def jaccard_vs_threshold(curve: Mapping[float, float], title: str, baseline: flo
 
 
 # ----------------------------------------------------------------------------------------------- sweep figures
+def _count_label(n: float) -> str:
+    """A parameter count for a tick: 950, 12k, 120k, 7.7M."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2g}{suffix}" if n < 10 * div else f"{n / div:.0f}{suffix}"
+    return f"{n:.0f}"
+
+
 def capacity_plot(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
-    """Test R² and MAE against parameter count, one labelled point per run."""
+    """Test R² and MAE against parameter count, one point per run labelled with its ``label`` (the swept values).
+
+    The x ticks sit at the runs' own parameter counts: a log axis spanning less than a decade has no decade tick,
+    and one spanning two shows only "10⁶", neither of which tells the runs apart.
+    """
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    counts = sorted({float(r["params"]) for r in rows if r.get("params")})
     for r in rows:
         p = r.get("params")
         if not p:
@@ -269,8 +282,11 @@ def capacity_plot(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
                 a.annotate(str(r.get("label", "")), (p, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for a, lab in ((ax, "test R² (unitless)"), (ax2, f"test MAE [{DENSITY_UNIT}]")):
         a.set_xscale("log")
-        # minor tick labels (2x10^5, 4x10^5, ...) collide on a short log axis; decades are enough
         a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if counts:
+            a.set_xticks(counts, [_count_label(c) for c in counts], rotation=30, fontsize=8)
+            a.set_xlim(counts[0] / 1.5, counts[-1] * 1.5)
         a.set_xlabel("trainable parameters (count)")
         a.set_ylabel(lab)
         a.grid(alpha=0.3)
@@ -308,15 +324,18 @@ def curves_grid(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str
 
 
 def lr_vs_score(rows: Sequence[Mapping[str, Any]], title: str, score_label: str = "best val Jaccard") -> Figure:
-    """Learning rate (log) against the score, one panel per architecture, marker size by batch."""
+    """Learning rate (log) against the score, one panel per architecture; colour and marker size by batch size,
+    so the legend's one entry per batch size is true for every point of that colour."""
     archs = sorted({str(r.get("arch")) for r in rows})
+    batches = sorted({r.get("batch") for r in rows}, key=lambda b: (b is None, b if b is not None else 0))
+    colour = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(batches)}
     fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.5 * max(len(archs), 1), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         for r in rows:
             if str(r.get("arch")) != arch or r.get("lr") is None or r.get("score") is None:
                 continue
             ax.scatter([r["lr"]], [r["score"]], s=12 + 2 * float(r.get("batch") or 8), alpha=0.7,
-                       label=f"batch {r.get('batch')}")
+                       color=colour[r.get("batch")], label=f"batch {r.get('batch')}")
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         if uniq:

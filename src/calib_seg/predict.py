@@ -1,7 +1,11 @@
 """Apply a checkpoint to new images: ``python -m calib_seg.predict ckpt_path=... input=... output=...``.
 
 - density: a CSV with one row per image (per frame for TIFF stacks): predicted beads/mm² and, when the pixel
-  size is known, the implied bead count in the field of view (density x FOV area);
+  size is known, the implied bead count in the field of view (density x FOV area). A model sees beads at the
+  pixel size it was trained at: an input at another pixel size is resampled (area-averaged, intensities kept)
+  to the training pixel size first, and the console says so; the FOV area is always the input's own
+  (its pixels x its pixel size). Images of another size than the training images are predicted (the CNN pools
+  globally) with a warning, since that is outside what the model was validated on;
 - density map (``model=density_map``): counts, densities, detected objects, optional map TIFFs and overlays
   (:mod:`calib_seg.predict_map`; large images tiled, overlapping map values averaged);
 - segmentation: one mask per input (same shape; stacks stay stacks), optionally probability maps; images larger
@@ -14,8 +18,10 @@ size come from the input's ``dataset.json`` or, failing that, from the training 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +42,14 @@ log = logging.getLogger("calib_seg.predict")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+def natural_key(path: Path) -> list[Any]:
+    """Sort key that orders numbers by value: ``50x_2.tif`` before ``50x_10.tif`` before ``100x_1.tif``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", path.name) if t]
+
+
 def input_files(path: str | Path) -> list[Path]:
-    """The image files of ``input``: the file itself, or a folder's images (also its ``images/`` sub-folder)."""
+    """The image files of ``input``: the file itself, or a folder's images (also its ``images/`` sub-folder), in
+    natural order (numbers by value)."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -47,7 +59,7 @@ def input_files(path: str | Path) -> list[Path]:
             files = list_images(path / "images")
         if not files:
             raise FileNotFoundError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
+        return sorted(files, key=natural_key)
     raise FileNotFoundError(f"input {path} does not exist")
 
 
@@ -91,9 +103,58 @@ def _progress(items: list[Any], what: str) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------------------------------------ density
+def training_scale(run_cfg: DictConfig) -> tuple[float | None, int | None]:
+    """(pixel size µm, image side px) of the training images as the run config states them (None if unknown)."""
+    _, pixel = training_camera(run_cfg)
+    size = (((run_cfg.get("data") or {}).get("source") or {}).get("physics") or {}).get("image_size")
+    if size is None and "SyntheticBeads" in str(((run_cfg.get("data") or {}).get("source") or {}).get("_target_")):
+        from calib_seg.data.simulators.beads import BeadPhysics
+
+        size = BeadPhysics().image_size
+    return pixel, (int(size) if size else None)
+
+
+def to_model_scale(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resampled by ``factor`` (input pixel size / training pixel size), area-averaged when shrinking."""
+    if abs(factor - 1.0) < 1e-6:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    size = [max(1, round(n * factor)) for n in image.shape]
+    if factor < 1:  # each model pixel is the mean of the input pixels it covers
+        y = torch.nn.functional.interpolate(x, size=size, mode="area")
+    else:
+        y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y[0, 0].numpy()
+
+
+def pixel_note(pixel_size_um: float | None, trained_pixel: float | None) -> tuple[float, str | None]:
+    """(resampling factor, what the user must be told) for inputs at ``pixel_size_um`` and the training pixel size."""
+    if pixel_size_um and trained_pixel and abs(pixel_size_um / trained_pixel - 1) > 1e-3:
+        factor = pixel_size_um / trained_pixel
+        return factor, (f"inputs at {pixel_size_um:g} um/px are resampled by {factor:g} to the model's "
+                        f"{trained_pixel:g} um/px before predicting (FOV areas use the inputs' own pixel size)")
+    if not pixel_size_um:
+        return 1.0, ("pixel size unknown (no pixel_size_um, dataset.json or training pixel size): inputs are used "
+                     "as they are and no FOV area or implied count is given")
+    return 1.0, None
+
+
+def size_note(trained_size: int | None, factor: float, shapes: set[tuple[int, int]]) -> str | None:
+    """A warning when images (at the model's scale) differ from the training images' size, else None."""
+    odd = sorted({tuple(round(n * factor) for n in s) for s in shapes} - {(trained_size, trained_size)})
+    if not trained_size or not odd:
+        return None
+    sizes = ", ".join("x".join(map(str, s)) for s in odd)
+    return (f"the model was trained on {trained_size}x{trained_size} px images; these are {sizes} px at the "
+            "model's scale: predicted, but outside the image size it was validated on")
+
+
 def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_size_um: float | None,
-                    batch_size: int = 16) -> list[dict[str, Any]]:
-    """One row per image/frame: file, frame, predicted beads/mm², FOV area and implied count (None if unknown)."""
+                    batch_size: int = 16, scale: float = 1.0) -> list[dict[str, Any]]:
+    """One row per image/frame: file, frame, predicted beads/mm², FOV area and implied count (None if unknown).
+
+    ``scale``: the factor each image is resampled by before the model sees it (:func:`pixel_note`).
+    """
     rows: list[dict[str, Any]] = []
     pending: list[tuple[Path, int, np.ndarray]] = []
 
@@ -101,7 +162,7 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
         shapes = {a.shape for _, _, a in pending}
         groups = [[p for p in pending if p[2].shape == s] for s in shapes] if len(shapes) > 1 else [pending]
         for group in groups:
-            x = torch.from_numpy(np.stack([a for _, _, a in group]))[:, None].to(task.device)
+            x = torch.from_numpy(np.stack([to_model_scale(a, scale) for _, _, a in group]))[:, None].to(task.device)
             with torch.no_grad():
                 pred = task(x).double().cpu().numpy().reshape(-1)
             for (f, i, a), d in zip(group, pred):
@@ -160,15 +221,29 @@ def calibrate_rows(rows: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
     return calibration_of(cols, area, settings, split="predict")
 
 
-def write_density_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write the density rows (empty cells for unknown values) atomically; labelled rows get the label columns."""
+def _cell(value: Any, column: str, base: Path | None) -> str:
+    """One CSV cell: empty when unknown, the file relative to ``base``, counts as integers, 6 significant digits
+    (8 in the label columns, which a calibration is recomputed from)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if column == "file" and base is not None:
+        with contextlib.suppress(ValueError):
+            return Path(value).resolve().relative_to(base.resolve()).as_posix()
+    if column in ("implied_count_in_fov", "count") and isinstance(value, float):
+        return str(round(value))  # an (expected) number of beads
+    digits = 8 if column in ("nominal", "predicted") else 6  # the label columns are re-read for the calibration
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def write_density_csv(rows: list[dict[str, Any]], out: Path, base: Path | None = None) -> Path:
+    """Write the density rows (empty cells for unknown values) atomically; labelled rows get the label columns.
+
+    ``base``: the input folder; files are written relative to it (as the user named them, not absolute paths).
+    """
     cols = ["file", "frame", "height", "width", "predicted_beads_per_mm2", "fov_area_mm2", "implied_count_in_fov"]
     if rows and all("nominal" in r for r in rows):  # the columns of test_predictions.csv
         cols += ["dilution", "nominal", "predicted", "count"]
-    lines = [",".join(cols)]
-    for r in rows:
-        lines.append(",".join("" if r[c] is None or (isinstance(r[c], float) and not np.isfinite(r[c]))
-                              else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c])) for c in cols))
+    lines = [",".join(cols)] + [",".join(_cell(r[c], c, base) for c in cols) for r in rows]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
@@ -247,7 +322,12 @@ def write_density_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, f
                               bit: int | None, pixel: float | None, out: Path) -> Path:
     """The density CSV (``out`` or ``out/predictions.csv``), with the calibration verdict when labels are known."""
     csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
-    rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)))
+    trained_pixel, trained_size = training_scale(run_cfg)
+    scale, note = pixel_note(pixel, trained_pixel)
+    rows = predict_density(task, files, bit, pixel, int(cfg.get("batch_size", 16)), scale)
+    for text in (note, size_note(trained_size, scale, {(r["height"], r["width"]) for r in rows})):
+        if text:
+            log.warning(text)
     if known_labels(Path(cfg.input), rows):  # labels known: the calibration verdict, as for a test set
         from calib_seg.metrics.calibration import summary_text
 
@@ -255,7 +335,8 @@ def write_density_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, f
         atomic_write_text(csv_path.with_name(f"{csv_path.stem}_calibration.json"),
                           json.dumps(block, indent=2) + "\n")
         print(summary_text(block), flush=True)
-    return write_density_csv(rows, csv_path)
+    inp = Path(cfg.input)
+    return write_density_csv(rows, csv_path, inp if inp.is_dir() else inp.parent)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")

@@ -21,6 +21,7 @@ with a pixel size, the calibration verdict.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,22 @@ from calib_seg.data.points import read_dots, read_points_csv
 from calib_seg.errors import input_errors
 from calib_seg.fileio import atomic_write_text
 from calib_seg.models.tiling import predict_tiled, size_divisor, tile_starts
-from calib_seg.predict import _progress, calibrate_rows, known_labels, unit_frames
+from calib_seg.predict import (
+    _progress,
+    calibrate_rows,
+    known_labels,
+    pixel_note,
+    to_model_scale,
+    training_scale,
+    unit_frames,
+)
 
 COLUMNS = ["file", "frame", "height", "width", "predicted_count", "density", "density_unit", "fov_area_mm2", "detected",
            "tiles"]
 LABEL_COLUMNS = ["true_count", "count_error", "abs_count_error"]
 BEAD_LABEL_COLUMNS = ["dilution", "nominal", "predicted", "count"]
+
+log = logging.getLogger("calib_seg.predict")
 
 
 def tiling(task: Any, tile: int, overlap: int) -> tuple[int, int]:
@@ -80,8 +91,13 @@ def overlay(image: np.ndarray, peaks: np.ndarray) -> np.ndarray:
 
 
 def predict_counts(task: Any, files: list[Path], bit_depth: int | None, pixel_size_um: float | None,
-                   cfg: DictConfig, out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """One row per image/frame (see :data:`COLUMNS`); maps / overlays into ``out_dir`` when asked in ``cfg``."""
+                   cfg: DictConfig, out_dir: Path | None = None, scale: float = 1.0) -> list[dict[str, Any]]:
+    """One row per image/frame (see :data:`COLUMNS`); maps / overlays into ``out_dir`` when asked in ``cfg``.
+
+    ``scale``: the factor each image is resampled by before the model sees it (input pixel size / training pixel
+    size, :func:`calib_seg.predict.pixel_note`); maps and overlays are at the model's scale, the FOV area is the
+    input's own.
+    """
     import tifffile
     from PIL import Image
 
@@ -94,7 +110,7 @@ def predict_counts(task: Any, files: list[Path], bit_depth: int | None, pixel_si
     for f in _progress(files, "counting"):
         images = unit_frames(f, bit_depth)
         for i, image in enumerate(images):
-            dmap, n_tiles = predict_map(task, image, tile, overlap)
+            dmap, n_tiles = predict_map(task, to_model_scale(image, scale), tile, overlap)
             count = float(dmap.double().sum()) / task.target.scale
             peaks = task.peaks(dmap)[0]
             area = image.shape[0] * image.shape[1] * (pixel_size_um * 1e-3) ** 2 if pixel_size_um else None
@@ -106,7 +122,7 @@ def predict_counts(task: Any, files: list[Path], bit_depth: int | None, pixel_si
             if save_maps and out_dir is not None:
                 tifffile.imwrite(out_dir / f"{stem}_map.tif", (dmap[0, 0] / task.target.scale).cpu().numpy())
             if save_overlays and out_dir is not None:
-                Image.fromarray(overlay(image, peaks)).save(out_dir / f"{stem}_overlay.png")
+                Image.fromarray(overlay(to_model_scale(image, scale), peaks)).save(out_dir / f"{stem}_overlay.png")
     return rows
 
 
@@ -139,8 +155,11 @@ def _add_count_errors(row: dict[str, Any], true_count: float) -> None:
     row.update({"true_count": true_count, "count_error": err, "abs_count_error": abs(err)})
 
 
-def write_count_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write the rows atomically (empty cells for unknown values); label columns when every row has them."""
+def write_count_csv(rows: list[dict[str, Any]], out: Path, base: Path | None = None) -> Path:
+    """Write the rows atomically (empty cells for unknown values); label columns when every row has them.
+
+    ``base``: the input folder; files are written relative to it, as for the density CSV.
+    """
     cols = list(COLUMNS)
     for extra in (BEAD_LABEL_COLUMNS, LABEL_COLUMNS):
         if rows and all(all(c in r for c in extra) for r in rows):
@@ -148,9 +167,17 @@ def write_count_csv(rows: list[dict[str, Any]], out: Path) -> Path:
     lines = [",".join(cols)]
     for r in rows:
         lines.append(",".join("" if r[c] is None or (isinstance(r[c], float) and not np.isfinite(r[c]))
+                              else _relative(r[c], base) if c == "file"
                               else (f"{r[c]:.8g}" if isinstance(r[c], float) else str(r[c])) for c in cols))
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def _relative(file: str, base: Path | None) -> str:
+    try:
+        return Path(file).resolve().relative_to(base.resolve()).as_posix() if base is not None else file
+    except ValueError:
+        return file
 
 
 def write_map_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, files: list[Path],
@@ -161,7 +188,10 @@ def write_map_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, files
     (``<stem>_calibration.json``) and printed, as for the density task.
     """
     csv_path = out if out.suffix.lower() == ".csv" else out / "predictions.csv"
-    rows = predict_counts(task, files, bit, pixel, cfg, csv_path.parent)
+    scale, note = pixel_note(pixel, training_scale(run_cfg)[0])
+    if scale != 1.0:  # (an unknown pixel size is normal here: densities are then objects per image)
+        log.warning(note)
+    rows = predict_counts(task, files, bit, pixel, cfg, csv_path.parent, scale)
     inp = Path(cfg.input)
     with input_errors():  # unreadable or mis-sized annotations name their file
         labelled = point_labels(rows)
@@ -176,4 +206,4 @@ def write_map_predictions(task: Any, cfg: DictConfig, run_cfg: DictConfig, files
             atomic_write_text(csv_path.with_name(f"{csv_path.stem}_calibration.json"),
                               json.dumps(block, indent=2) + "\n")
             print(summary_text(block), flush=True)
-    return write_count_csv(rows, csv_path)
+    return write_count_csv(rows, csv_path, inp if inp.is_dir() else inp.parent)

@@ -177,6 +177,22 @@ def provenance_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def duplicate_warning(rows: Sequence[dict[str, Any]], expected: int | None) -> list[str]:
+    """A warning block when one job number has several folders (the sweep folder was re-run with other
+    overrides, so each configuration may appear twice) or there are more folders than launched jobs."""
+    by_num: dict[str, list[str]] = {}
+    for r in rows:
+        by_num.setdefault(Path(r["dir"]).name.split("_", 1)[0], []).append(Path(r["dir"]).name)
+    dup = {n: names for n, names in by_num.items() if len(names) > 1}
+    if not dup and (expected is None or len(rows) <= expected):
+        return []
+    lines = ["> **Warning: duplicate jobs.** " + (f"{len(rows)} job folders for {expected} launched job(s): "
+                                                 if expected is not None and len(rows) > expected else "")
+             + "the sweep folder was run more than once with different overrides; compare jobs of one run only.", ">"]
+    lines += [f"> - job {n}: {', '.join(f'`{x}`' for x in names)}" for n, names in sorted(dup.items())]
+    return lines + [""]
+
+
 # ------------------------------------------------------------------------------------------------ formatting
 def _fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -270,7 +286,8 @@ def _figures(sweep: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> list[tu
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['job'].split('_', 1)[0]}:{r.get('experiment') or r.get('arch')}"
+    """A job's name in figures: its short name (number and what the sweep varied, see ``_short_job_names``)."""
+    return str(r["job"])
 
 
 def segmentation_figures(have: list[dict[str, Any]], title: str, save: Any) -> None:
@@ -330,6 +347,10 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
           f"{len(done)} job(s) with a record, {len(rows) - len(done)} job folder(s) without one"
           + (f", {expected} job(s) launched" if expected is not None else "") + ".", ""]
 
+    md += duplicate_warning(rows, expected)
+    from calib_seg.report_setup import setup_section  # date, code, data, seed, device, what varied
+
+    md += setup_section(sweep, rows)
     warnings = provenance_warnings(rows)
     if warnings:
         md += ["> **Warning: provenance differs between jobs.** Numbers below may not be comparable.", ">"]

@@ -51,6 +51,41 @@ def refuse_overwrite(cfg: DictConfig, out_dir: Path) -> None:
         )
 
 
+class SweepChanged(RunFolderTaken):
+    """``resume=true`` in a sweep folder whose jobs ran with other fixed overrides (a re-run would train them all
+    again into new folders beside the old ones)."""
+
+
+def _overrides_of(job_name: str) -> set[str]:
+    """The ``key=value`` items of a job folder name ``<num>_<overrides>`` (commas inside ``[..]`` kept)."""
+    import re
+
+    rest = job_name.partition("_")[2]
+    return set(re.split(r",(?![^\[]*\])", rest)) if rest else set()
+
+
+def refuse_changed_sweep(cfg: DictConfig, out_dir: Path) -> None:
+    """With ``resume=true`` in a sweep: raise :class:`SweepChanged` when this job's number already has another
+    folder in the sweep (the folder name holds the job's overrides, so the overrides changed since)."""
+    num = out_dir.name.partition("_")[0]
+    if not cfg.get("resume", False) or not num.isdigit() or not out_dir.parent.is_dir():
+        return
+    earlier = sorted(d for d in out_dir.parent.glob(f"{num}_*")
+                     if d.is_dir() and d != out_dir and ((d / "run.json").exists() or (d / ".hydra").is_dir()))
+    if not earlier:
+        return
+    before, now = _overrides_of(earlier[0].name), _overrides_of(out_dir.name)
+    if not (out_dir / "run.json").exists() and not (out_dir / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(out_dir, ignore_errors=True)  # the folder Hydra just made for the changed job: empty
+    raise SweepChanged(
+        f"resume=true: job {num} of sweep {out_dir.parent} ran as {earlier[0].name}, with other overrides "
+        f"(then: {', '.join(sorted(before - now)) or 'none'}; now: {', '.join(sorted(now - before)) or 'none'}); "
+        "resuming would train every job again beside the old ones. Re-run with the sweep's original overrides, "
+        "or start a new sweep (leave hydra.sweep.dir unset)")
+
+
 def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """With ``resume=true``: the folder's completed or aborted record (then the job is skipped), else None."""
     if not cfg.get("resume", False):

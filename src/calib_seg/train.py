@@ -29,11 +29,12 @@ from calib_seg.callbacks.guard import TrainingGuard, final_check
 from calib_seg.callbacks.progress import with_progress_bar
 from calib_seg.callbacks.tensorboard import log_outcome
 from calib_seg.cli import launch, quiet_known_noise, tee_to_log, to_log
+from calib_seg.config import CONF_DIR
 from calib_seg.errors import input_errors
 from calib_seg.lifecycle import RunRecorder, check_config, clean_exit
 from calib_seg.records import peak_memory_mb, time_per_epoch, val_summary
-from calib_seg.resume import completed_record, refuse_overwrite, resume_checkpoint
-from calib_seg.tasks.spec import all_specs, spec_of
+from calib_seg.resume import completed_record, refuse_changed_sweep, refuse_overwrite, resume_checkpoint
+from calib_seg.summary import print_summary
 
 log = logging.getLogger("calib_seg.train")
 
@@ -176,6 +177,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     refuse_overwrite(cfg, out_dir)  # an earlier finished run in this folder is never trained over
+    refuse_changed_sweep(cfg, out_dir)  # +resume=true with changed overrides would re-run every job elsewhere
     check_config(cfg, out_dir)  # a bad key/value stops here: nothing seeded or built, run.json says failed
     done = completed_record(cfg, out_dir)  # resume=true: a job that already completed is not trained again
     if done is not None:
@@ -197,7 +199,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ckpt = resolve_ckpt_path(cfg, out_dir) or resume_checkpoint(cfg, out_dir)
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
         fit = fit_summary(trainer, callbacks, rec.elapsed())  # before testing: test() replaces callback_metrics
-        test_metrics = test_best(trainer, task, datamodule, callbacks) if cfg.get("test", True) and not fit["aborted"] else {}
+        test_metrics: dict[str, float] = {}
+        if cfg.get("test", True) and not fit["aborted"]:
+            choice = choose_on_validation(task, datamodule, callbacks)  # task.threshold=auto etc.: before test
+            test_metrics = test_best(trainer, task, datamodule, callbacks)
+            if choice is not None:
+                rec.record["inference_choice"] = choice
+                test_metrics["test/threshold"] = float(choice["threshold"])
         rec.record.update(outcome(cfg, rec, fit, test_metrics))
     return rec.record
 
@@ -227,6 +235,23 @@ def fit_summary(trainer: pl.Trainer, callbacks: list[Any], fit_time: float) -> d
     return {"aborted": abort_reason(callbacks), "epochs": trainer.current_epoch, "fit_time": fit_time,
             "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()
                             if k.startswith(("val/", "train/"))}}
+
+
+def choose_on_validation(task: Any, datamodule: Any, callbacks: list[Any]) -> dict[str, Any] | None:
+    """The task's ``"auto"`` inference options (threshold, TTA, post-processing) chosen on the whole validation
+    images with the best checkpoint's weights, before any test data is read; None when nothing is ``"auto"``."""
+    if not getattr(task, "auto", None):
+        return None
+    from calib_seg.checkpoints import read_checkpoint
+
+    best = next((cb.best_model_path for cb in callbacks
+                 if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.best_model_path), None)
+    if best:
+        task.load_state_dict(read_checkpoint(best, map_location=task.device)["state_dict"])
+    choice = task.choose_on_validation(datamodule.whole_val_dataloader())
+    log.info("chosen on %d validation images: threshold %.2f, tta %s, postprocess %s (val Jaccard %.4f)",
+             choice["n_images"], choice["threshold"], choice["tta"], choice["postprocess"], choice["val_jaccard"])
+    return choice
 
 
 def test_best(trainer: pl.Trainer, task: Any, datamodule: Any, callbacks: list[Any]) -> dict[str, float]:
@@ -286,39 +311,11 @@ def calibration_verdict(task: Any, datamodule: Any, cfg: DictConfig, out_dir: Pa
         return {"verdict": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def print_summary(record: dict[str, Any]) -> None:
-    """A short table of the headline numbers, with the physical reference (oracle) beside the model."""
-    from rich.console import Console
-    from rich.table import Table
-
-    m = record.get("metrics", {})
-    table = Table(title=f"{record['task']} run: {record['status']}  ({record['run_dir']})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    spec = spec_of(record)
-    headline = spec.headline if spec else [h for s in all_specs().values() for h in s.headline]
-    one_level = len((record.get("calibration") or {}).get("levels") or []) == 1
-    for row in headline:
-        value = m.get(row.key)
-        if row.may_be_undefined and row.key in m and (value is None or not math.isfinite(value)):
-            table.add_row(row.title, "n/a (one density level)" if one_level else "n/a")  # R² undefined on one level
-        elif row.key in m and value is not None:
-            table.add_row(row.title, row.format(value))
-    table.add_row("epochs (best)", f"{record.get('epochs')} ({record.get('best_epoch')})")
-    table.add_row("wall time [s]", f"{record.get('wall_time_s', 0):.1f}")
-    Console().print(table)
-    calibration = record.get("calibration")
-    if calibration:
-        from calib_seg.metrics.calibration import summary_text
-
-        # plain print: the Markdown table must not be re-wrapped or styled by rich
-        print(summary_text(calibration) if calibration.get("levels") else f"calibration: n/a ({calibration.get('error')})",
-              flush=True)
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the optimised metric (NaN for aborted runs) to the sweeper."""
+# an absolute config path: run as the calib-seg-train console script, Hydra would look for a `conf` package
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def train_app(cfg: DictConfig) -> float:
+    """The Hydra app (the task function launchers and sweepers call); returns the optimised metric (NaN for
+    aborted runs) to the sweeper."""
     quiet_known_noise()  # also here: launchers such as submitit call this function without launch()
     with clean_exit(cfg), ddp_job_scope(cfg):  # bad config/input: message + exit 2; SIGTERM 143, Ctrl-C 130
         record = run(cfg)
@@ -339,5 +336,11 @@ def main(cfg: DictConfig) -> float:
     return float(value) if value is not None else math.nan
 
 
+def main() -> None:
+    """The command line, ``python -m calib_seg.train`` and the ``calib-seg-train`` console script alike: the
+    override check of :func:`calib_seg.cli.launch` (every typo at once, exit 2), then the Hydra app."""
+    launch(train_app, "train")
+
+
 if __name__ == "__main__":
-    launch(main, "train")
+    main()

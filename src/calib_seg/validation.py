@@ -100,6 +100,20 @@ def open_unit(v: Any) -> str | None:
     return None if _is_number(v) and 0 < v < 1 else f"expected a number strictly between 0 and 1, got {_show(v)}"
 
 
+def open_unit_or_auto(v: Any) -> str | None:
+    return None if v == "auto" else (open_unit(v) and f"expected 'auto' or a number strictly between 0 and 1, "
+                                                      f"got {_show(v)}")
+
+
+def boolean_or_auto(v: Any) -> str | None:
+    return None if v == "auto" or isinstance(v, bool) else f"expected true, false or 'auto', got {_show(v)}"
+
+
+def augment_value(v: Any) -> str | None:
+    ok = isinstance(v, bool) or (isinstance(v, DictConfig) and "_target_" in v)
+    return None if ok else f"expected true, false or a _target_ node (e.g. PairAugment), got {_show(v)}"
+
+
 def closed_unit(v: Any) -> str | None:
     return None if _is_number(v) and 0 <= v <= 1 else f"expected a number in [0, 1], got {_show(v)}"
 
@@ -166,7 +180,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "task.huber_delta": positive_number,
     "task.optimizer.lr": positive_number,
     "task.optimizer.weight_decay": non_negative_number,
-    "task.threshold": open_unit,
+    "task.threshold": open_unit_or_auto,
+    "task.tta": boolean_or_auto,
     "task.thresholds_curve": unit_list,
     "task.tile_size": optional_positive_int,
     "task.tile_overlap": non_negative_int,
@@ -177,7 +192,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.val_fraction": fraction,
     "data.test_fraction": fraction,
     "data.num_workers": non_negative_int,
-    "data.augment": boolean,
+    "data.augment": augment_value,
     "data.patch_size": positive_int,
     "data.patches_per_epoch": positive_int,
     "data.min_foreground": closed_unit,

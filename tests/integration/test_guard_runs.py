@@ -31,6 +31,34 @@ def test_tiny_relu_collapse_reproduction_is_stopped_by_the_preflight_before_epoc
     assert "test/r2" not in saved["metrics"]  # an aborted run is not tested
 
 
+# the pre-flight alone: the run is built and probed, then neither trained, validated nor tested
+PREFLIGHT_ONLY = ["+trainer.limit_train_batches=0", "+trainer.limit_val_batches=0", "test=false",
+                  "trainer.enable_progress_bar=false", "logger=none", "torch_threads=1"]
+
+
+@pytest.mark.parametrize("preset", ["repro_relu_collapse", "repro_no_target_norm", "repro_relu_collapse_literal",
+                                    "repro_no_target_norm_literal"])
+def test_every_reproduction_at_its_own_size_fails_the_fit_probe(run_cfg, preset):
+    record = run(run_cfg([f"experiment={preset}", *PREFLIGHT_ONLY]))
+    assert record["status"] == "aborted" and record["aborted_epoch"] == 0
+    assert "pre-flight fit probe" in record["reason"]
+    # the loss does not move (dead head) or barely (raw targets): far above the 0.995 limit's 0.5 % decrease
+    assert record["preflight"]["probe_ratio"] > 0.999
+    assert record["preflight"]["target_scale"] > 100  # and the target-reach check (limit 100) catches them too
+
+
+@pytest.mark.parametrize("overrides", [
+    [*TINY_BEADS, "task.optimizer.lr=1e-4"],  # the density grid's lowest learning rate, on the smallest CNN
+    ["experiment=mito_quick", "debug=tiny_mito", "task.optimizer.lr=1e-4", "task.loss=focal"],  # hpo_mito's lowest
+], ids=["density", "segmentation"])
+def test_healthy_run_at_the_grids_lowest_learning_rate_passes_the_preflight(run_cfg, overrides):
+    record = run(run_cfg([*overrides, *PREFLIGHT_ONLY]))
+    pf = record["preflight"]
+    assert record["status"] == "completed" and pf["failed"] is None
+    # a slow probe: the old limits (density 0.5, segmentation 0.9) aborted such runs; the loss still clearly moves
+    assert 0.9 < pf["probe_ratio"] < 0.99 if overrides[0] == TINY_BEADS[0] else 0.5 < pf["probe_ratio"] < 0.99
+
+
 def test_tiny_relu_collapse_without_preflight_is_aborted_by_the_epoch_rules_within_5_epochs(run_cfg):
     record = run(run_cfg([*TINY_REPRO, "callbacks.guard.preflight=false"]))
     assert record["status"] == "aborted" and record["preflight"] is None
@@ -88,3 +116,16 @@ def test_ddp_ranks_take_rank_0s_preflight_verdict_together(tmp_path, healthy):
     else:
         assert out.returncode == 3, out.stderr[-2000:]
         assert record["status"] == "aborted" and record["aborted_epoch"] == 0 and "pre-flight" in record["reason"]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_on_an_epoch_rule(tmp_path):
+    # no pre-flight: the epoch rules judge each rank's own numbers, rank 0's verdict is broadcast; a rank that
+    # went on alone would wait forever in its next collective (the timeout would fail the test)
+    # each rank trains on half the images: half the optimizer steps, so min_steps is off (judge by epochs)
+    out = _cli(*TINY_REPRO, "callbacks.guard.preflight=false", "callbacks.guard.min_steps=0", "trainer=ddp", "trainer.devices=2",
+               "trainer.accelerator=cpu", "test=false", f"hydra.run.dir={tmp_path}", timeout=900)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert record["device"] == "2xcpu" and record["status"] == "aborted" and record["preflight"] is None
+    assert 1 <= record["aborted_epoch"] <= 5 and record["epochs"] == record["aborted_epoch"]

@@ -23,7 +23,7 @@ from calib_seg.evaluate import evaluate, load_task
 from calib_seg.predict import predict
 from calib_seg.records import RECORD_FIELDS
 from calib_seg.report import best_per_arch, build_report, collect
-from calib_seg.train import run
+from calib_seg.train import print_summary, run
 from helpers.configs import TINY_BEADS, compose_entry_cfg
 from helpers.paths import REPO
 
@@ -136,6 +136,20 @@ def test_evaluate_reproduces_the_runs_test_metrics_from_the_checkpoint_alone(tra
     assert (tmp_path / "eval" / "figures" / "pred_vs_actual.png").exists()
 
 
+def test_evaluate_cli_prints_the_same_summary_table_as_train(trained, tmp_path, capsys):
+    cfg, record = trained
+    print_summary(record)
+    headline = [ln for ln in capsys.readouterr().out.splitlines()  # the table rows other than epochs and time
+                if ln.startswith("│") and not ln.startswith(("│ epochs", "│ wall time"))]
+    ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    out = subprocess.run([sys.executable, "-m", "calib_seg.evaluate", f"ckpt_path={ckpt}", "logger=none",
+                          f"hydra.run.dir={tmp_path / 'eval'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(headline) == 7 and all(ln in out.stdout.splitlines() for ln in headline)
+    assert "{'test/" not in out.stdout and f"run folder: {tmp_path / 'eval'}" in out.stdout.splitlines()
+
+
 def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
     """Same images, same checkpoint: the CSV equals the test step's predictions, with no normalisation flags."""
     import tifffile
@@ -158,14 +172,49 @@ def test_predict_on_a_folder_gives_the_test_step_numbers(trained, tmp_path):
                              "trainer": {"accelerator": "cpu"}})
     with (predict(pcfg)).open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["file"] for r in rows] == [str(folder / f"{j:04d}.tif") for j in dm.split.test]
+    assert [r["file"] for r in rows] == [f"{j:04d}.tif" for j in dm.split.test]  # relative to the input folder
     got = np.array([float(r["predicted_beads_per_mm2"]) for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
     area = 64 * 64 * (8.0e-3) ** 2  # TINY_BEADS: 64 px at 8 um/px
-    np.testing.assert_allclose([float(r["implied_count_in_fov"]) for r in rows], got * area, rtol=1e-6)
+    assert [r["implied_count_in_fov"] for r in rows] == [str(round(c)) for c in got * area]  # a count: integer
     # a second prediction into the same place never replaces the first silently
     with pytest.raises(FileExistsError, match="overwrite=true"):
         predict(pcfg)
+
+
+def test_predict_resamples_inputs_to_the_training_pixel_size_and_says_so(trained, tmp_path, caplog):
+    """The test images at twice the resolution (each pixel 2x2, 4 um/px) give the same densities and FOV areas;
+    an image of another size than the training images is predicted with a warning."""
+    import tifffile
+
+    cfg, _ = trained
+    ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    dm = instantiate(cfg.data)
+    beads = dm.prepare()
+    for name, scale in (("at8", 1), ("at4", 2)):
+        (tmp_path / name).mkdir()
+        for j in dm.split.test[:4]:
+            tifffile.imwrite(tmp_path / name / f"{j:04d}.tif", np.kron(beads.images[j], np.ones((scale, scale),
+                                                                                           beads.images[j].dtype)))
+
+    def rows(name: str, pixel: float) -> list[dict]:
+        pcfg = OmegaConf.create({"ckpt_path": str(ckpt), "input": str(tmp_path / name), "bit_depth": None,
+                                 "output": str(tmp_path / f"{name}_{pixel:g}.csv"), "pixel_size_um": pixel,
+                                 "trainer": {"accelerator": "cpu"}})
+        with predict(pcfg).open() as f:
+            return list(csv.DictReader(f))
+
+    with caplog.at_level("WARNING", logger="calib_seg.predict"):
+        at8, at4 = rows("at8", 8.0), rows("at4", 4.0)
+    assert "resampled by 0.5 to the model's 8 um/px" in caplog.text and "trained on 64x64" not in caplog.text
+    for key in ("predicted_beads_per_mm2", "fov_area_mm2"):
+        np.testing.assert_allclose([float(r[key]) for r in at4], [float(r[key]) for r in at8], rtol=1e-4)
+    np.testing.assert_allclose([float(r["implied_count_in_fov"]) for r in at4],
+                               [float(r["implied_count_in_fov"]) for r in at8], atol=1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="calib_seg.predict"):
+        rows("at4", 8.0)  # claimed at the training pixel size: 128 px images the model never saw
+    assert "trained on 64x64 px images; these are 128x128 px" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -251,6 +300,30 @@ def _fake_seg_record(job: Path, arch: str, lr: float, batch: int, best: float, s
            "wall_time_s": 10.0, "provenance": {"git_commit": "abc", "git_dirty": False,
                                                "versions": {"calib_seg": "0.1.0"}}}
     (job / "run.json").write_text(json.dumps(rec))
+
+
+def test_report_setup_section_says_code_data_seed_device_launcher_and_what_varied(two_job_sweep):
+    OmegaConf.save({"hydra": {"overrides": {"task": ["task.optimizer.lr=0.001,0.01", "torch_threads=1"]},
+                              "launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+                              "sweeper": {"params": None}}}, two_job_sweep / "multirun.yaml")
+    text = build_report(two_job_sweep, figures=False)
+    setup = text.split("## Setup")[1].split("\n## ")[0]
+    rec = json.loads(next(two_job_sweep.glob("*/run.json")).read_text())
+    fp = rec["data_fingerprint"]
+    assert f"commit `{rec['provenance']['git_commit'][:12]}`" in setup
+    assert f"fingerprint `{fp['sha256']}`" in setup
+    assert "split train/val/test `{train}/{val}/{test}`".format(**fp["split_sizes"]) in setup
+    assert "device: `cpu`; launcher: BasicLauncher" in setup and "UTC" in setup
+    assert "- varied: `task.optimizer.lr=0.001,0.01`" in setup and "- fixed overrides: `torch_threads=1`" in setup
+
+
+def test_report_flags_job_numbers_with_two_folders_as_duplicates(tmp_path):
+    for name in ("0_task.optimizer.lr=0.1", "1_task.optimizer.lr=0.01", "0_task.optimizer.lr=0.1,torch_threads=2"):
+        _fake_seg_record(tmp_path / name, "unet", 0.1, 8, 0.5)
+    text = build_report(tmp_path, figures=False)
+    assert "**Warning: duplicate jobs.**" in text
+    assert "> - job 0: `0_task.optimizer.lr=0.1`, `0_task.optimizer.lr=0.1,torch_threads=2`" in text
+    assert "job 1:" not in text
 
 
 def test_hpo_report_picks_the_best_configuration_per_architecture_and_lists_aborts(tmp_path):

@@ -185,3 +185,14 @@ def test_rerun_sweep_with_resume_trains_only_the_job_without_a_completed_record(
     assert (keep / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept_mtime
     assert read_record(redo)["status"] == "completed"
     assert (redo / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_with_a_changed_fixed_override_refuses_instead_of_rerunning_every_job(tmp_path):
+    earlier = tmp_path / "0_debug=tiny_beads,seed=1"  # the folder the sweep's job 0 ran in
+    (earlier / ".hydra").mkdir(parents=True)
+    write_record(earlier, {"status": "completed", "best_val": 0.5})
+    out = _train("-m", *TINY_BEADS, "seed=1", "torch_threads=2", f"hydra.sweep.dir={tmp_path}", "+resume=true")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "job 0 of sweep" in out.stderr and "then: none; now: torch_threads=2" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [earlier.name]  # no new folder left

@@ -72,6 +72,30 @@ def test_every_typo_in_overrides_is_named_at_once_with_did_you_mean_and_exit_2(t
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
+def test_the_console_script_checks_overrides_like_python_m(tmp_path, capsys, monkeypatch):
+    """``calib-seg-train`` runs the function pyproject names: it must do the override check, not start Hydra."""
+    import importlib
+
+    import tomllib
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["calib-seg-train"]
+    module, _, name = target.partition(":")
+    monkeypatch.setattr(sys, "argv", ["calib-seg-train", "trainer.max_epoch=2", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(importlib.import_module(module), name)()
+    assert exit_info.value.code == 2
+    assert "trainer.max_epoch: unknown key (did you mean 'max_epochs'?)" in capsys.readouterr().err
+
+
+def test_the_console_script_finds_the_configs_from_any_folder(tmp_path):
+    """Run as a console script (the app's module is not ``__main__``), Hydra must still find conf/."""
+    out = subprocess.run([sys.executable, "-c", "from calib_seg.train import main; main()", "--cfg", "job",
+                          "trainer.max_epochs=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "max_epochs: 1" in out.stdout
+
+
 def test_hydra_full_error_keeps_hydras_own_composition_error():
     out = _cli("train", "trainer.max_epoch=2", HYDRA_FULL_ERROR="1")
     assert out.returncode != 0

@@ -62,8 +62,10 @@ def test_shipped_configs_are_valid(experiment):
          "'calib_seg.models.density.DensityCNN'?); allowed: calib_seg.models.density.DensityCNN"),
         (["+model.filtres=[8,16]"], "model.filtres: unknown key for DensityCNN (did you mean 'filters'?)"),
         (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1), got 1.5"),
-        ([*SEG, "task.threshold=1.0"], "task.threshold: expected a number strictly between 0 and 1, got 1.0"),
-        ([*SEG, "task.threshold=0"], "task.threshold: expected a number strictly between 0 and 1, got 0"),
+        ([*SEG, "task.threshold=1.0"], "task.threshold: expected 'auto' or a number strictly between 0 and 1, got 1.0"),
+        ([*SEG, "task.threshold=0"], "task.threshold: expected 'auto' or a number strictly between 0 and 1, got 0"),
+        ([*SEG, "task.tta=sometimes"], "task.tta: expected true, false or 'auto', got 'sometimes' (str)"),
+        ([*SEG, "data.augment=3"], "data.augment: expected true, false or a _target_ node (e.g. PairAugment), got 3"),
         ([*SEG, "task.loss=hinge"], "task.loss: unknown value 'hinge'; allowed: focal, dice, focal_dice, bce, bce_dice"),
         (["task=segmentation", "model=smp", "data=mito_synth", "model.arch=Unett"],
          "model.arch: unknown value 'Unett' (did you mean 'Unet'?); allowed: DPT, DeepLabV3"),
@@ -75,6 +77,11 @@ def test_each_bad_value_is_named_with_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(config(overrides))
     assert message in str(err.value)
+
+
+def test_auto_inference_options_and_an_augment_node_are_valid():
+    validate(config([*SEG, "task.threshold=auto", "task.tta=auto", "task.postprocess=auto",
+                     "data.augment={_target_:calib_seg.data.augment.PairAugment,elastic_alpha:6}"]))
 
 
 def test_every_problem_is_listed_at_once():

@@ -44,6 +44,8 @@ def overrides_for(rel: str) -> list[str]:
     group, _, name = rel.removesuffix(".yaml").rpartition("/")
     if not group:  # train/evaluate/predict: primary configs, composed by name
         return []
+    if group == "study":  # study configs (calib_seg.study) are no group of the train config: added, not chosen
+        return [f"+study={name}"]
     choice = f"{group}={name}"
     if f"{group}/{name}" in MAP_OPTIONS:  # density-map data and task: with the model that selects that task
         return [choice, "model=density_map"]
@@ -56,7 +58,7 @@ def overrides_for(rel: str) -> list[str]:
 def test_every_config_group_folder_is_covered():
     groups = {c.rpartition("/")[0] for c in CONFIGS}
     assert groups >= {"data", "model", "task", "trainer", "callbacks", "logger", "paths", "hydra",
-                      "hydra/launcher", "experiment", "hparams_search", "debug", ""}, groups
+                      "hydra/launcher", "experiment", "hparams_search", "debug", "study", ""}, groups
     assert len(CONFIGS) >= 40, CONFIGS
 
 

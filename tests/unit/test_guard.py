@@ -193,7 +193,7 @@ def test_callback_stops_the_trainer_and_records_reason_and_epoch(caplog):
     assert guard.aborted_epoch == 5 and guard.abort_reason.startswith("aborted at epoch 5: val/loss flat")
     # an abort overrides min_epochs/min_steps, or Lightning would "continue training" a doomed run
     assert trainer.fit_loop.min_epochs == 0 and trainer.fit_loop.epoch_loop.min_steps == 0
-    # logged for the run's train.log (kept off the console: train.main prints the abort once, as the last line)
+    # logged for the run's train.log (kept off the console: train.train_app prints the abort once, as the last line)
     logged = [r for r in caplog.records if r.name == "calib_seg.guard"]
     assert [r.getMessage() for r in logged] == [f"training guard: {guard.abort_reason}"]
     assert logged[0].console is False

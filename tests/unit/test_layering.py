@@ -10,7 +10,7 @@ from helpers.paths import REPO
 SRC = REPO / "src" / "calib_seg"
 #: modules run as ``python -m calib_seg.<name>``; shared code lives in the modules they import
 ENTRY_POINTS = {"calib_seg.train", "calib_seg.evaluate", "calib_seg.predict", "calib_seg.report",
-                "calib_seg.synth", "calib_seg.export"}
+                "calib_seg.synth", "calib_seg.export", "calib_seg.study"}
 
 
 def _module(path: Path) -> str:

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from calib_seg.callbacks.guard import GuardRules, TrainingGuard, check, final_check
+from calib_seg.callbacks.preflight import judge
 from calib_seg.config import compose
 from calib_seg.models import NORMS
 from calib_seg.models.density import HEAD_ACTIVATIONS
@@ -24,10 +25,11 @@ def test_the_shipped_guard_config_states_exactly_the_dataclass_defaults():
     assert {k: guard[k] for k in defaults} == defaults
     built = TrainingGuard(**{k: v for k, v in guard.items() if k != "_target_"})
     assert built.rules == defaults and built.rule_set == GuardRules()
-    # the callback's own (pre-flight) keyword defaults match the config too, except the per-task probe ratio
+    # the callback's own (pre-flight) keyword defaults match the config too, and judge's limits match both
     params = inspect.signature(TrainingGuard).parameters
-    assert {k: guard[k] for k in params if k not in ("rules", "max_probe_ratio")} == {
-        k: p.default for k, p in params.items() if k not in ("rules", "max_probe_ratio")}
+    assert {k: guard[k] for k in params if k != "rules"} == {k: p.default for k, p in params.items() if k != "rules"}
+    limits = inspect.signature(judge).parameters
+    assert {k: p.default for k, p in limits.items() if k != "m"} == {k: guard[k] for k in limits if k != "m"}
 
 
 def test_check_and_final_check_use_the_dataclass_defaults():

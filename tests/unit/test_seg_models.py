@@ -136,8 +136,20 @@ def test_mito_presets_compose_and_optimise_val_jaccard(preset):
     cfg = compose([f"experiment={preset}"])
     assert cfg.optimized_metric == "val/jaccard"
     assert cfg.task._target_ == "calib_seg.tasks.segmentation.SegmentationTask"
-    assert cfg.task.loss == "focal" and cfg.task.optimizer.lr == pytest.approx(1e-3)
+    # mito_quick keeps the seed's focal loss; the field-size presets get the loss measured better on real EM
+    assert cfg.task.loss == ("focal" if preset == "mito_quick" else "bce_dice")
+    assert cfg.task.optimizer.lr == pytest.approx(1e-3)
     assert cfg.model._target_.startswith("calib_seg.models.unet.")
+
+
+def test_the_seed_grid_keeps_the_seed_recipe_whatever_the_presets_recommend():
+    from calib_seg.config import compose
+
+    cfg = compose(["hparams_search=hpo_mito"])
+    assert cfg.model._target_ == "calib_seg.models.unet.UNet" and cfg.model.base_filters == 64
+    assert (cfg.task.loss, cfg.task.threshold, cfg.task.tta) == ("focal", 0.5, False)
+    assert dict(cfg.task.postprocess) == {"median": 0, "min_size": 0} and cfg.data.augment is True
+    assert compose(["experiment=mito_unet"]).task.threshold == "auto"  # the preset alone recommends more
 
 
 def test_checkpoint_of_config_built_task_loads_with_weights_only_and_restores_the_model(tmp_path):

@@ -128,86 +128,95 @@ def check(history: Sequence[Mapping[str, float]], rules: GuardRules | None = Non
         ``"aborted at epoch <n>: <rule and numbers>"`` or ``None``.
     """
     r = dataclasses.replace(rules or GuardRules(), **overrides)
-    (non_finite, flat_patience, min_rel_delta, min_metric_delta, grace_epochs, r2_min, collapse_fraction,
-     jaccard_margin, min_steps, patience, relapse_patience, r2_clear, collapse_clear, jaccard_clear) = (
-        dataclasses.astuple(r))
     if not history:
         return None
-    last = history[-1]
-    epoch = int(last["epoch"])
+    epoch = int(history[-1]["epoch"])
+    text = _non_finite_rule(history[-1]) if r.non_finite else None
+    if text is None and int(history[-1].get("step", r.min_steps)) >= r.min_steps:
+        text = _flat_rule(history, r, epoch)
+        if text is None and epoch >= r.grace_epochs:
+            text = _r2_rule(history, r) or _collapse_rule(history, r) or _jaccard_rule(history, r)
+    return f"aborted at epoch {epoch}: {text}" if text else None
 
-    def fired(text: str) -> str:
-        return f"aborted at epoch {epoch}: {text}"
 
-    if non_finite:
-        bad = sorted(k for k, v in last.items() if k not in ("epoch", "step") and not math.isfinite(float(v)))
-        if bad:
-            return fired(", ".join(f"{k} = {float(last[k])}" for k in bad) + " is not finite")
+def _non_finite_rule(last: Mapping[str, float]) -> str | None:
+    """Rule 1: any NaN/inf number of the latest epoch."""
+    bad = sorted(k for k, v in last.items() if k not in ("epoch", "step") and not math.isfinite(float(v)))
+    return ", ".join(f"{k} = {float(last[k])}" for k in bad) + " is not finite" if bad else None
 
-    if int(last.get("step", min_steps)) < min_steps:
+
+def _flat_rule(history: Sequence[Mapping[str, float]], r: GuardRules, epoch: int) -> str | None:
+    """Rule 2: best val/loss barely better than the first, and the headline metric did not learn either."""
+    if r.flat_patience is None or epoch < r.flat_patience:
         return None
-
-    if flat_patience is not None and epoch >= flat_patience:
-        losses = [float(h["val/loss"]) for h in history if "val/loss" in h]
-        if losses and abs(losses[0]) > 0:
-            first, best = losses[0], min(losses)
-            rel = (first - best) / abs(first)
-            # a loss that is not the headline metric can stall while the metric improves (focal loss on a
-            # BatchNorm U-Net rose 0.19 -> 1.6 in 5 epochs while val/jaccard went 0.08 -> 0.13): no stop then
-            gain = max((_metric_gain(history, key) for key in ("val/jaccard", "val/r2")), default=0.0)
-            if rel < min_rel_delta and gain <= min_metric_delta:
-                return fired(f"val/loss flat: best {_fmt(best)} vs first {_fmt(first)} = {rel:+.2%} improvement "
-                             f"< {min_rel_delta:.2%} after {epoch} epochs (flat_patience {flat_patience})")
-
-    if epoch < grace_epochs:
+    losses = [float(h["val/loss"]) for h in history if "val/loss" in h]
+    if not losses or abs(losses[0]) == 0:
         return None
-
-    def streak_rule(values: list[float], bad: list[bool], clear: bool, text: str) -> str | None:
-        """The message when the bad streak is long enough for this run (clearly good once or never)."""
-        need = relapse_patience if clear else patience
-        n = _bad_streak(bad)
-        if n < need:
-            return None
-        best = max(values)
-        history_note = (f"best {_fmt(best)} was clearly good, but {n} bad epochs in a row >= relapse_patience "
-                        f"{relapse_patience}" if clear else
-                        f"never clearly good (best {_fmt(best)}), {n} bad epochs in a row >= patience {patience}")
-        return fired(f"{text}; {history_note} (after {epoch} epochs, grace {grace_epochs})")
-
-    if r2_min is not None and "val/r2" in last:
-        r2 = [float(h["val/r2"]) for h in history if "val/r2" in h]
-        msg = streak_rule(r2, [v < r2_min for v in r2], max(r2) >= r2_clear,
-                          f"val/r2 = {r2[-1]:.2f} < {r2_min:g}")
-        if msg:
-            return msg
-
-    if collapse_fraction is not None and "pred_std" in last and "target_std" in last:
-        spread = [h for h in history if "pred_std" in h and "target_std" in h]
-
-        def ratio(h: Mapping[str, float], kind: str) -> float:
-            t = float(h[f"target_{kind}"])
-            return float(h[f"pred_{kind}"]) / t if t > 0 else math.inf
-
-        worst = [min(ratio(h, "std"), ratio(h, "range")) for h in spread]
-        kind = "std" if ratio(last, "std") <= ratio(last, "range") else "range"
-        p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
-        msg = streak_rule(worst, [w < collapse_fraction for w in worst], max(worst) >= collapse_clear,
-                          f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {collapse_fraction:g} x "
-                          f"targets' {_fmt(t)} (ratio {p / t if t else math.inf:.3f})")
-        if msg:
-            return msg
-
-    if jaccard_margin is not None and "val/jaccard" in last and "val/jaccard_all_foreground" in last:
-        seg = [h for h in history if "val/jaccard" in h and "val/jaccard_all_foreground" in h]
-        jac = [float(h["val/jaccard"]) for h in seg]
-        base = [float(h["val/jaccard_all_foreground"]) for h in seg]
-        above = [j - b for j, b in zip(jac, base)]
-        msg = streak_rule(jac, [a <= jaccard_margin for a in above], max(above) >= jaccard_clear,
-                          f"val/jaccard = {jac[-1]:.3f} <= all-foreground baseline {base[-1]:.3f} + margin "
-                          f"{jaccard_margin:g} (trivial segmentation)")
-        if msg:
-            return msg
+    first, best = losses[0], min(losses)
+    rel = (first - best) / abs(first)
+    # a loss that is not the headline metric can stall while the metric improves (focal loss on a BatchNorm
+    # U-Net rose 0.19 -> 1.6 in 5 epochs while val/jaccard went 0.08 -> 0.13): no stop then
+    gain = max(_metric_gain(history, key) for key in ("val/jaccard", "val/r2"))
+    if rel < r.min_rel_delta and gain <= r.min_metric_delta:
+        return (f"val/loss flat: best {_fmt(best)} vs first {_fmt(first)} = {rel:+.2%} improvement "
+                f"< {r.min_rel_delta:.2%} after {epoch} epochs (flat_patience {r.flat_patience})")
     return None
+
+
+def _streak_rule(values: list[float], bad: list[bool], clear: bool, text: str, r: GuardRules,
+                 epoch: int) -> str | None:
+    """The message when the bad streak is long enough for this run (clearly good once or never)."""
+    need = r.relapse_patience if clear else r.patience
+    n = _bad_streak(bad)
+    if n < need:
+        return None
+    best = max(values)
+    note = (f"best {_fmt(best)} was clearly good, but {n} bad epochs in a row >= relapse_patience "
+            f"{r.relapse_patience}" if clear else
+            f"never clearly good (best {_fmt(best)}), {n} bad epochs in a row >= patience {r.patience}")
+    return f"{text}; {note} (after {epoch} epochs, grace {r.grace_epochs})"
+
+
+def _r2_rule(history: Sequence[Mapping[str, float]], r: GuardRules) -> str | None:
+    """Rule 3: a streak of epochs with val/r2 below r2_min."""
+    if r.r2_min is None or "val/r2" not in history[-1]:
+        return None
+    r2 = [float(h["val/r2"]) for h in history if "val/r2" in h]
+    return _streak_rule(r2, [v < r.r2_min for v in r2], max(r2) >= r.r2_clear,
+                        f"val/r2 = {r2[-1]:.2f} < {r.r2_min:g}", r, int(history[-1]["epoch"]))
+
+
+def _spread_ratio(h: Mapping[str, float], kind: str) -> float:
+    t = float(h[f"target_{kind}"])
+    return float(h[f"pred_{kind}"]) / t if t > 0 else math.inf
+
+
+def _collapse_rule(history: Sequence[Mapping[str, float]], r: GuardRules) -> str | None:
+    """Rule 4: a streak of epochs whose val predictions' std or range is a small fraction of the targets'."""
+    last = history[-1]
+    if r.collapse_fraction is None or "pred_std" not in last or "target_std" not in last:
+        return None
+    spread = [h for h in history if "pred_std" in h and "target_std" in h]
+    worst = [min(_spread_ratio(h, "std"), _spread_ratio(h, "range")) for h in spread]
+    kind = "std" if _spread_ratio(last, "std") <= _spread_ratio(last, "range") else "range"
+    p, t = float(last[f"pred_{kind}"]), float(last[f"target_{kind}"])
+    return _streak_rule(worst, [w < r.collapse_fraction for w in worst], max(worst) >= r.collapse_clear,
+                        f"predictions collapsed: {kind} of val predictions {_fmt(p)} < {r.collapse_fraction:g} x "
+                        f"targets' {_fmt(t)} (ratio {p / t if t else math.inf:.3f})", r, int(last["epoch"]))
+
+
+def _jaccard_rule(history: Sequence[Mapping[str, float]], r: GuardRules) -> str | None:
+    """Rule 5: a streak of epochs with val/jaccard at the all-foreground level (+ margin)."""
+    last = history[-1]
+    if r.jaccard_margin is None or "val/jaccard" not in last or "val/jaccard_all_foreground" not in last:
+        return None
+    seg = [h for h in history if "val/jaccard" in h and "val/jaccard_all_foreground" in h]
+    jac = [float(h["val/jaccard"]) for h in seg]
+    base = [float(h["val/jaccard_all_foreground"]) for h in seg]
+    above = [j - b for j, b in zip(jac, base)]
+    return _streak_rule(jac, [a <= r.jaccard_margin for a in above], max(above) >= r.jaccard_clear,
+                        f"val/jaccard = {jac[-1]:.3f} <= all-foreground baseline {base[-1]:.3f} + margin "
+                        f"{r.jaccard_margin:g} (trivial segmentation)", r, int(last["epoch"]))
 
 
 def final_check(metrics: Mapping[str, float], *, r2_min: float | None = GuardRules.r2_min,
@@ -239,9 +248,9 @@ class TrainingGuard(pl.Callback):
     def __init__(
         self,
         preflight: bool = True,
-        probe_steps: int = 20,
-        probe_batch_size: int | None = 8,
-        max_probe_ratio: float | Mapping[str, float] = 0.5,
+        probe_steps: int = 10,
+        probe_batch_size: int | None = 4,
+        max_probe_ratio: float | Mapping[str, float] = 0.995,
         max_clamp_fraction: float = 0.5,
         max_target_scale: float = 100.0,
         plumbing_tolerance: float = 1e-3,
@@ -284,7 +293,8 @@ class TrainingGuard(pl.Callback):
             batch = next(iter(datamodule.train_dataloader()))
         n = self.probe["batch_size"] or len(batch["image"])
         batch = {k: v[:n].to(pl_module.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        result = measure(pl_module, trainer.optimizers[0], batch, self.probe["steps"])
+        t_batch = time.perf_counter() - t0
+        result = {**measure(pl_module, trainer.optimizers[0], batch, self.probe["steps"]), "batch_seconds": t_batch}
         reason = judge(result, **self.preflight_limits)
         # every rank probed the same batch from the same seed; rank zero's decision is the one all ranks take
         reason = trainer.strategy.broadcast(reason, src=0)
@@ -328,7 +338,7 @@ class TrainingGuard(pl.Callback):
         trainer.fit_loop.epoch_loop.min_steps = 0
         if not trainer.is_global_zero:
             return
-        # file only: train.main prints the abort once on the console (the last line of a single run)
+        # file only: train.train_app prints the abort once on the console (the last line of a single run)
         log.warning("training guard: %s", reason, extra=FILE_ONLY)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -126,7 +126,7 @@ def _plumbing(task: Any, kind: str, batch: Mapping[str, torch.Tensor]) -> dict[s
 
 
 def measure(task: Any, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
-            steps: int = 30) -> dict[str, Any]:
+            steps: int = 10) -> dict[str, Any]:
     """Probe ``task`` (a density or segmentation LightningModule) and ``optimizer`` on one training batch.
 
     Works on deep copies taken together (so the copied optimizer updates the copied parameters), with the global
@@ -160,6 +160,7 @@ def measure(task: Any, optimizer: torch.optim.Optimizer, batch: Mapping[str, tor
             final = float(_loss(probe.training_step(batch, 0)))
             out1, _ = _outputs(probe, kind, batch)
         measures.update({"loss_initial": losses[0], "loss_final": final, "loss_max": max(losses + [final]),
+                         "loss_curve": losses + [final],  # loss after 0, 1, ... steps: the ratio at any K
                          "probe_ratio": final / losses[0] if losses[0] > 0 else math.nan,
                          "clamp_fraction_final": clamp_fraction(out1)})
         if all(math.isfinite(v) for v in (losses[-1], final)):
@@ -167,7 +168,7 @@ def measure(task: Any, optimizer: torch.optim.Optimizer, batch: Mapping[str, tor
     return measures
 
 
-def judge(m: Mapping[str, Any], *, max_probe_ratio: float | Mapping[str, float] = 0.5, max_clamp_fraction: float = 0.5,
+def judge(m: Mapping[str, Any], *, max_probe_ratio: float | Mapping[str, float] = 0.995, max_clamp_fraction: float = 0.5,
           max_target_scale: float = 100.0, plumbing_tolerance: float = 1e-3) -> str | None:
     """The first failed pre-flight check as ``"pre-flight <check>: <numbers>"``, or ``None`` when all pass.
 
@@ -175,6 +176,8 @@ def judge(m: Mapping[str, Any], *, max_probe_ratio: float | Mapping[str, float] 
         m: the output of :func:`measure`.
         max_probe_ratio: the probe must bring the batch loss to at most this fraction of its first value
             (non-finite losses always fail); a mapping gives one value per task (``density``, ``segmentation``).
+            The default only asks that the loss moves at all (by 0.5 %): a slow, low-learning-rate run is
+            healthy; the seed's failures do not move it (dead head, raw targets) or blow it up (B5 table).
         max_clamp_fraction: at most this fraction of outputs may sit exactly at a clamp, before or after the probe.
         max_target_scale: density only; the transformed targets' RMS may be at most this multiple of the initial
             outputs' RMS (floored at 1).

@@ -152,6 +152,10 @@ class SegmentationDataModule(LightningDataModule):
             return self._loader(TileDataset(split, self.patch_size), self.batch_size, shuffle=False)
         return self._whole_loader(split, self.batch_size)
 
+    def whole_val_dataloader(self) -> DataLoader:
+        """The validation images whole (whatever ``val_mode``): what inference choices on validation score."""
+        return self._whole_loader(self.get_split("val"), 1)
+
     def test_dataloader(self) -> DataLoader:
         return self._whole_loader(self.get_split("test"), self.test_batch_size)
 

@@ -25,6 +25,7 @@ from torch import nn
 from calib_seg.metrics.collections import log_stage, stage_metrics
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
 from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
+from calib_seg.tasks.seg_selection import AUTO, select_inference
 from calib_seg.tasks.spec import Headline, TaskSpec
 
 __all__ = ["SegmentationTask", "build_loss", "LOSSES"]
@@ -121,7 +122,9 @@ class SegmentationTask(pl.LightningModule):
         scheduler: ``functools.partial`` of a LR scheduler taking the optimizer, or None. The config default is
             ``ReduceLROnPlateau(mode="max")`` driven by ``scheduler_monitor``.
         loss: ``"focal"`` (smp ``FocalLoss(mode="binary", gamma=2)``), ``"dice"`` or ``"focal_dice"``.
-        threshold: probability threshold of every headline metric.
+        threshold: probability threshold of every headline metric, or ``"auto"``: chosen on the validation
+            images after training (:mod:`calib_seg.tasks.seg_selection`) and used for test; validation during
+            training (checkpointing, early stopping) then stays at 0.5.
         tile_size: tile for validation/test/predict inference; None = whole image at once (reflect-padded to the
             model's size divisor when needed).
         tile_overlap: overlap between tiles (pixels) when tiling.
@@ -129,9 +132,10 @@ class SegmentationTask(pl.LightningModule):
         thresholds_curve: thresholds of the test Jaccard curve (``test/jaccard_t0.10`` ...).
         scheduler_monitor: metric the scheduler watches (``val/jaccard``; maximised).
         tta: test/predict probabilities are the mean over the 8 flips/90-degree rotations (validation during
-            training stays plain).
+            training stays plain); ``"auto"`` = on or off, whichever scores higher on validation.
         postprocess: ``{median: odd px, min_size: px}`` applied to test/predict probabilities (None = off); see
-            :mod:`calib_seg.tasks.seg_inference`.
+            :mod:`calib_seg.tasks.seg_inference`; ``"auto"`` = the best of ``seg_selection.POSTPROCESS_GRID`` on
+            validation.
 
     Load a checkpoint with ``SegmentationTask.load_from_checkpoint(path, model=<same architecture>)``: the model
     is not stored in the hyperparameters, its weights are in the state dict.
@@ -145,16 +149,22 @@ class SegmentationTask(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         loss: str = "focal",
-        threshold: float = 0.5,
+        threshold: float | str = 0.5,
         tile_size: int | None = None,
         tile_overlap: int = 32,
         tile_batch_size: int = 4,
         thresholds_curve: Sequence[float] = DEFAULT_CURVE,
         scheduler_monitor: str = "val/jaccard",
-        tta: bool = False,
-        postprocess: dict[str, int] | None = None,
+        tta: bool | str = False,
+        postprocess: dict[str, int] | str | None = None,
     ):
         super().__init__()
+        #: the options to choose on validation after training (empty: nothing is chosen, the config rules)
+        self.auto = {k: v for k, v in (("threshold", threshold), ("tta", tta), ("postprocess", postprocess))
+                     if isinstance(v, str) and v == AUTO}
+        threshold = 0.5 if "threshold" in self.auto else threshold
+        if isinstance(tta, str) and tta != AUTO or isinstance(postprocess, str) and postprocess != AUTO:
+            raise ValueError(f"tta/postprocess strings must be {AUTO!r}, got {tta!r}, {postprocess!r}")
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         curve = tuple(float(t) for t in thresholds_curve)
@@ -174,16 +184,44 @@ class SegmentationTask(pl.LightningModule):
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.loss_fn = build_loss(loss)
-        self.threshold = float(threshold)
         self.thresholds_curve = curve
+        #: the validation choice applied (None until :meth:`choose_on_validation` / :meth:`apply_choice`)
+        self.inference_choice: dict[str, Any] | None = None
+        self.val_metrics = stage_metrics("segmentation", "val", threshold=float(threshold))
+        self.val_threshold = float(threshold)
+        self._set_inference(float(threshold), bool(tta) and "tta" not in self.auto, None if "postprocess" in self.auto else postprocess)
+
+    def _set_inference(self, threshold: float, tta: bool, postprocess: Any) -> None:
+        """Threshold, TTA and post-processing of test/predict, and the test metrics at that threshold."""
+        self.threshold = float(threshold)
         self.tta = bool(tta)
         self.postprocess = make_postprocess(postprocess, self.threshold)
-        self.hparams["postprocess"] = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
-
-        # headline metrics at `threshold`, the all-foreground baseline and (test) the Jaccard-vs-threshold curve
-        self.val_metrics = stage_metrics("segmentation", "val", threshold=self.threshold)
+        if "postprocess" not in self.auto:
+            self.hparams["postprocess"] = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
+        # headline metrics at `threshold`, the all-foreground baseline and the Jaccard-vs-threshold curve
         self.test_metrics = stage_metrics("segmentation", "test", threshold=self.threshold,
-                                          thresholds_curve=self.thresholds_curve)
+                                          thresholds_curve=self.thresholds_curve).to(self.device)
+
+    def choose_on_validation(self, batches: Any) -> dict[str, Any]:
+        """Choose the ``"auto"`` options on whole validation images (``batches``), apply and return the choice
+        (see :func:`calib_seg.tasks.seg_selection.select_inference`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            plain = lambda x: torch.sigmoid(self.predict_logits(x.to(self.device)))  # noqa: E731
+            configured_pp = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
+            choice = select_inference(plain, batches, self.auto.get("threshold", self.threshold),
+                                      self.auto.get("tta", self.tta), self.auto.get("postprocess", configured_pp))
+        finally:
+            self.train(was_training)
+        self.apply_choice(choice)
+        return choice
+
+    def apply_choice(self, choice: dict[str, Any]) -> None:
+        """Use a recorded validation choice (``run.json``'s ``inference_choice``) for test and predict."""
+        self._set_inference(choice["threshold"], choice["tta"], choice["postprocess"])
+        self.inference_choice = {k: choice[k] for k in ("threshold", "tta", "postprocess", "val_jaccard",
+                                                        "searched", "source") if k in choice}
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,7 +331,6 @@ class SegmentationTask(pl.LightningModule):
 
     def metric_definitions(self) -> dict[str, str]:
         """Human-readable definition of every metric this task logs (for the run record and reports)."""
-        t = self.threshold
         tiling = (
             f"whole images, tiled {self.hparams.tile_size}px with {self.hparams.tile_overlap}px overlap"
             if self.hparams.tile_size
@@ -301,6 +338,7 @@ class SegmentationTask(pl.LightningModule):
         )
         defs = {"train/loss": f"{self.hparams.loss} loss on training patches (logits), epoch mean"}
         for stage in ("val", "test"):
+            t = self.val_threshold if stage == "val" else self.threshold
             defs.update(
                 {
                     f"{stage}/loss": f"{self.hparams.loss} loss on {tiling}, epoch mean over batches",
@@ -320,6 +358,11 @@ class SegmentationTask(pl.LightningModule):
             )
         if self.inference_extras:
             defs["test/jaccard"] += f"; test probabilities: {self.inference_extras}"
+        if self.inference_choice:
+            searched = ", ".join(self.inference_choice.get("searched") or [])
+            defs["test/jaccard"] += (f"; {searched} chosen on the validation images (max pooled val Jaccard), "
+                                     "never on test")
+            defs["test/threshold"] = "threshold of the test metrics, chosen on validation (task.threshold=auto)"
         defs["test/best_threshold"] = (
             "threshold of the test Jaccard curve with the highest Jaccard (diagnostic only; chosen on test data, "
             f"so the headline test/jaccard stays at threshold={t})"

@@ -27,7 +27,8 @@ class Headline:
     key: str
     label: str
     unit: str = ""
-    #: format spec for the value; None = 4 decimals below 100, else 1 decimal
+    #: format spec for the value; None = a score without a unit (R², Jaccard) gets 4 decimals below 100, else 1;
+    #: a quantity with a unit gets 1 decimal from 10 on, else 3 significant digits (46.9, 100.5, 3.14)
     fmt: str | None = None
     #: may legitimately be undefined (e.g. R² on a single density level): shown as n/a instead of omitted
     may_be_undefined: bool = False
@@ -41,6 +42,8 @@ class Headline:
         """The value as the summary table shows it."""
         if self.fmt:
             return format(value, self.fmt)
+        if self.unit:
+            return f"{value:.1f}" if abs(value) >= 10 else f"{value:#.3g}"
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
 
 
