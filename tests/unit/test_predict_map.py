@@ -104,3 +104,19 @@ def test_an_unreadable_image_is_an_input_error_naming_the_file(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(InputError, match="broken.png"):
         predict_counts(_task(), [bad], None, None, OmegaConf.create({}))
+
+
+def test_inputs_at_another_pixel_size_are_counted_at_the_model_scale(tmp_path):
+    import tifffile
+
+    from calib_seg.predict import to_model_scale
+
+    task, img = _task(), _image(96, 80)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    cfg = OmegaConf.create({"map_tile_size": 256, "map_tile_overlap": 64, "save_density_maps": True})
+    row = predict_counts(task, [tmp_path / "a.tif"], None, 2.0, cfg, tmp_path / "out", scale=0.5)[0]
+    expected, _ = predict_map(task, to_model_scale(img, 0.5), 256, 64)
+    assert tifffile.imread(tmp_path / "out" / "a_map.tif").shape == (48, 40)  # the map is at the model's scale
+    assert row["predicted_count"] == pytest.approx(float(expected.double().sum()) / 100, rel=1e-6)
+    assert (row["height"], row["width"]) == (96, 80)  # ... the FOV is the input's own
+    assert row["fov_area_mm2"] == pytest.approx(96 * 80 * (2.0e-3) ** 2)
