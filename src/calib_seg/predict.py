@@ -6,6 +6,8 @@
   to the training pixel size first, and the console says so; the FOV area is always the input's own
   (its pixels x its pixel size). Images of another size than the training images are predicted (the CNN pools
   globally) with a warning, since that is outside what the model was validated on;
+- density map (``model=density_map``): counts, densities, detected objects, optional map TIFFs and overlays
+  (:mod:`calib_seg.predict_map`; large images tiled, overlapping map values averaged);
 - segmentation: one mask per input (same shape; stacks stay stacks), optionally probability maps; images larger
   than the training patch are predicted in overlapping tiles (:func:`calib_seg.models.tiling.predict_tiled`).
 
@@ -180,11 +182,12 @@ def predict_density(task: Any, files: list[Path], bit_depth: int | None, pixel_s
     return rows
 
 
-def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
+def known_labels(inp: Path, rows: list[dict[str, Any]], predicted_key: str = "predicted_beads_per_mm2") -> bool:
     """Add ``dilution``, ``nominal``, ``predicted``, ``count`` to ``rows`` when ``inp`` is a labelled bead folder
     (``manifest.csv`` or names like ``50x_001.tif``, see :class:`~calib_seg.data.sources.bead_folder.BeadFolder`).
 
-    Returns whether every row got a label (single-frame images only: a stack has no per-frame label).
+    ``predicted`` is copied from ``predicted_key``. Returns whether every row got a label (single-frame images
+    only: a stack has no per-frame label).
     """
     from calib_seg.data.sources.bead_folder import BeadFolder
 
@@ -202,7 +205,7 @@ def known_labels(inp: Path, rows: list[dict[str, Any]]) -> bool:
         return False
     for r in rows:
         lab = labels[Path(r["file"]).resolve()]
-        r.update({"dilution": lab["dilution"], "nominal": lab["density"], "predicted": r["predicted_beads_per_mm2"],
+        r.update({"dilution": lab["dilution"], "nominal": lab["density"], "predicted": r[predicted_key],
                   "count": lab["count"]})
     return True
 

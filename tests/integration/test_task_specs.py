@@ -25,7 +25,7 @@ MODEL = {"density": "density_cnn", "segmentation": "unet"}
 
 def test_every_shipped_task_has_one_descriptor_and_one_config_that_agree():
     specs = all_specs()
-    assert set(specs) == {"density", "segmentation"}
+    assert set(specs) == {"density", "density_map", "segmentation"}
     for name, spec in specs.items():
         raw = OmegaConf.load(CONF / "task" / f"{name}.yaml")
         assert (CONF / "task" / f"{name}.yaml").read_text().splitlines()[0] == "# @package _global_"

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +40,7 @@ SPEC = dataclasses.replace(
     losses=MAP_LOSSES,
     required_keys=("task.loss", "task.optimizer", "task.map_scale"),
     report_kind="density-map counting",
+    prediction_writer="calib_seg.predict_map.write_map_predictions",
 )
 
 
@@ -157,11 +159,15 @@ class DensityMapTask(DensityRegressionTask):
             self._update_localisation(dmap, batch["dots"])
         return pred
 
-    def _update_localisation(self, dmap: torch.Tensor, dots: torch.Tensor) -> None:
+    def peaks(self, dmap: torch.Tensor) -> list[np.ndarray]:
+        """Detected objects ``(y, x)`` px of each map in a ``(B, 1, H, W)`` batch of :meth:`density_map` outputs:
+        local maxima above ``peak_fraction`` x an isolated object's peak height."""
         window = max(3, 2 * int(round(float(self.sigma_fitted_px))) + 1)
         threshold = self.hparams.peak_fraction * min(self._peak_height(), self.target.scale)
-        peaks = find_peaks(dmap.detach(), threshold, window)
-        for b, found in enumerate(peaks):
+        return find_peaks(dmap.detach(), threshold, window)
+
+    def _update_localisation(self, dmap: torch.Tensor, dots: torch.Tensor) -> None:
+        for b, found in enumerate(self.peaks(dmap)):
             tp, fp, fn = match_points(found, dots_to_points(dots[b, 0]), self.hparams.loc_radius_px)
             for key, value in zip(("tp", "fp", "fn"), (tp, fp, fn)):
                 self.loc_counts[key].update(torch.tensor(float(value), device=dmap.device))
