@@ -291,7 +291,7 @@ def test_a_job_pruned_inside_the_sweep_is_a_pruned_trial_with_its_epochs_reporte
 
 
 def test_report_ranks_the_parameter_that_drives_the_objective_first_and_draws_it(tmp_path):
-    pytest.importorskip("sklearn", reason="fANOVA importance needs scikit-learn (dev extra)")
+    pytest.importorskip("sklearn", reason="parameter importance needs scikit-learn (dev extra)")
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: (t.suggest_float("lr", 0, 1) - 0.3) ** 2 + 0.01 * t.suggest_float("noise", 0, 1),
