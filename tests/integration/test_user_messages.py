@@ -105,7 +105,7 @@ def test_hydra_full_error_keeps_hydras_own_composition_error():
 def test_override_check_knows_group_options_sweeps_adds_and_deletes():
     assert override_problems(["model=unett"]) == [
         "model=unett: unknown option (did you mean 'unet'?); allowed: attention_resunet, attention_unet, "
-        "density_cnn, density_resnet, smp, unet"]
+        "density_cnn, density_map, density_resnet, smp, unet"]
     # a sweep is checked value by value; keys inside a node added with + are the add's business
     assert override_problems(["experiment=C01,C0x"])[0].startswith("experiment=C0x: unknown option (did you mean")
     fine = ["seed=1,2", "experiment=C01,C02", "hydra.run.dir=/tmp/x", "hydra/launcher=slurm", "data=mito_folder",
