@@ -33,7 +33,7 @@ from calib_seg.data.points import read_dots, read_points_csv
 from calib_seg.errors import input_errors
 from calib_seg.fileio import atomic_write_text
 from calib_seg.models.tiling import predict_tiled, size_divisor, tile_starts
-from calib_seg.predict import (
+from calib_seg.predict_io import (
     _progress,
     calibrate_rows,
     known_labels,

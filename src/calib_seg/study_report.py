@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_seg.fileio import atomic_write_text
-from calib_seg.report import md_table
+from calib_seg.report_rows import md_table
 from calib_seg.study_stats import (
     FIG_DIR,
     NOT_ANSWERABLE,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_seg.records import read_record
-from calib_seg.report import collect, provenance_warnings
+from calib_seg.report_rows import collect, provenance_warnings
 
 #: fewer seeds than this give no estimate of seed-to-seed noise, so no configuration can win
 MIN_SEEDS = 2
