@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from calib_seg.data.density import SplitLoaders
 from calib_seg.data.points import MapTarget, density_map, dots_map, inside
 from calib_seg.data.sources.point_folder import PointFolder, PointSplit
 
@@ -63,7 +63,7 @@ class _PointDataset(Dataset):
                 "index": torch.tensor(self.offset + i, dtype=torch.int64)}
 
 
-class PointDataModule(pl.LightningDataModule):
+class PointDataModule(SplitLoaders):
     """Train/val/test loaders over a point-annotated folder.
 
     Args:
@@ -123,15 +123,6 @@ class PointDataModule(pl.LightningDataModule):
                            self.crop_size if train else None, train and self.augment)
         return DataLoader(ds, batch_size=self.batch_size if train else 1, shuffle=train,
                           drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
     def train_targets(self) -> np.ndarray:
         """Annotated densities (or counts) of the training images."""

@@ -74,7 +74,24 @@ class _BeadDataset(Dataset):
         }
 
 
-class DensityDataModule(pl.LightningDataModule):
+class SplitLoaders(pl.LightningDataModule):
+    """Lightning's three loader hooks from one ``_loader(split, train)``: shuffled training batches, whole
+    validation/test items (the bead and point-folder DataModules share it)."""
+
+    def _loader(self, which: str, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class DensityDataModule(SplitLoaders):
     """Splits a bead source (stratified by dilution, seeded) and serves train/val/test loaders.
 
     Args:
@@ -167,15 +184,6 @@ class DensityDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
     # --- what the task and the run record need to know about the data -----------------------------------
     def train_targets(self) -> np.ndarray:
