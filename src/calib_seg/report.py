@@ -105,7 +105,7 @@ def _figures(sweep: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> list[tu
     spec.resolve("report_figures")(have, sweep.name, save)
     hist = {_label(r): h for r in have if (h := read_history(r["dir"]))}
     if hist:
-        save(plots.curves_grid(hist, sweep.name, spec.optimized_metric), "training_curves",
+        save(plots.curves_grid(hist, sweep.name, spec.optimized_metric, spec.mode), "training_curves",
              "Training curves of every job")
     return out
 
