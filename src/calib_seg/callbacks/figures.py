@@ -58,10 +58,11 @@ class RunFigures(pl.Callback):
         return f"{self.title} [{folder}]" if self.title else folder
 
     def emit(self, trainer: pl.Trainer, name: str, fig: Any) -> None:
-        """Send one figure to every TensorBoard logger, then save it as PNG (which closes it)."""
+        """Send one figure to every TensorBoard logger, then save it as PNG (which closes it). Its step is the
+        number of epochs trained: the last epoch of the scalars' epoch axis (callbacks.tensorboard)."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step, close=False)
+                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.current_epoch, close=False)
                 logger.experiment.flush()
         self.written.append(plots.save_figure(fig, self._dir(trainer) / f"{name}.png"))
 
