@@ -52,38 +52,87 @@ def refuse_overwrite(cfg: DictConfig, out_dir: Path) -> None:
 
 
 class SweepChanged(RunFolderTaken):
-    """``resume=true`` in a sweep folder whose jobs ran with other fixed overrides (a re-run would train them all
-    again into new folders beside the old ones)."""
+    """``resume=true`` in a sweep folder whose jobs ran with other fixed overrides or another grid (resuming would
+    mix two configurations in one sweep, or train every job again beside the old ones)."""
 
 
-def _overrides_of(job_name: str) -> set[str]:
-    """The ``key=value`` items of a job folder name ``<num>_<overrides>`` (commas inside ``[..]`` kept)."""
-    import re
+def _by_key(overrides: list[str]) -> dict[str, str]:
+    """``key -> value`` of a job's override strings (``+``/``~`` dropped; a deletion's value is ``~``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    rest = job_name.partition("_")[2]
-    return set(re.split(r",(?![^\[]*\])", rest)) if rest else set()
+    out = {}
+    for o in OverridesParser.create().parse_overrides([str(x) for x in overrides]):
+        out[o.key_or_group] = "~" if o.is_delete() else o.get_value_element_as_str()
+    return out
 
 
-def refuse_changed_sweep(cfg: DictConfig, out_dir: Path) -> None:
-    """With ``resume=true`` in a sweep: raise :class:`SweepChanged` when this job's number already has another
-    folder in the sweep (the folder name holds the job's overrides, so the overrides changed since)."""
-    num = out_dir.name.partition("_")[0]
-    if not cfg.get("resume", False) or not num.isdigit() or not out_dir.parent.is_dir():
+def _finished_jobs(sweep: Path) -> dict[str, dict[str, str]]:
+    """Folder name -> overrides (``key -> value``, from its ``.hydra/overrides.yaml``) of the sweep's started jobs."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for d in sorted(sweep.iterdir()) if sweep.is_dir() else []:
+        path = d / ".hydra" / "overrides.yaml"
+        if d.is_dir() and path.is_file() and ((d / "run.json").exists() or (d / "checkpoints").is_dir()):
+            out[d.name] = _by_key(list(OmegaConf.load(path)))
+    return out
+
+
+def _show(items: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in items.items()) or "nothing"
+
+
+def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list[str],
+                       may_change: list[str]) -> None:
+    """Before a grid sweep with ``resume=true`` launches: raise :class:`SweepChanged` unless every job the sweep
+    folder already ran (a ``run.json`` or checkpoints) is the same job now.
+
+    ``jobs`` are the job override lists in launch order (job ``i`` is folder ``i_<swept values>``), ``swept`` the
+    keys the grid varies, ``may_change`` keys that may differ between the runs (data location, devices, launcher,
+    ``resume`` itself: ``hydra.job.config.override_dirname.exclude_keys``). A finished folder is matched by its
+    swept values: it must have the same job number (same grid, same order) and the same fixed overrides. A job
+    folder that is new (a grid extended at its end) is fine. Nothing is written either way.
+    """
+    from calib_seg.resolvers import job_dirname, job_folder
+
+    sweep = Path(sweep_dir)
+    done = _finished_jobs(sweep)
+    if not done:
         return
-    earlier = sorted(d for d in out_dir.parent.glob(f"{num}_*")
-                     if d.is_dir() and d != out_dir and ((d / "run.json").exists() or (d / ".hydra").is_dir()))
-    if not earlier:
-        return
-    before, now = _overrides_of(earlier[0].name), _overrides_of(out_dir.name)
-    if not (out_dir / "run.json").exists() and not (out_dir / "checkpoints").exists():
-        import shutil
-
-        shutil.rmtree(out_dir, ignore_errors=True)  # the folder Hydra just made for the changed job: empty
-    raise SweepChanged(
-        f"resume=true: job {num} of sweep {out_dir.parent} ran as {earlier[0].name}, with other overrides "
-        f"(then: {', '.join(sorted(before - now)) or 'none'}; now: {', '.join(sorted(now - before)) or 'none'}); "
-        "resuming would train every job again beside the old ones. Re-run with the sweep's original overrides, "
-        "or start a new sweep (leave hydra.sweep.dir unset)")
+    keep = set(swept)
+    ignore = {k.lstrip("+~") for k in may_change} | {"resume", "ckpt_path"}
+    planned = []
+    for num, job in enumerate(jobs):
+        values = _by_key(job)
+        planned.append((job_folder(num, job_dirname(job, swept)), {k: v for k, v in values.items() if k in keep},
+                        {k: v for k, v in values.items() if k not in keep and k not in ignore}))
+    by_values = {tuple(sorted(sw.items())): (name, fixed) for name, sw, fixed in planned}
+    moved, changed = [], []  # grid problems; (folder, fixed then, fixed now) of jobs whose fixed overrides differ
+    for folder, then in done.items():
+        sw = {k: v for k, v in then.items() if k in keep}
+        now = by_values.get(tuple(sorted(sw.items())))
+        if now is None:
+            moved.append(f"{folder} ({_show(sw)}) is not a job of this grid")
+        elif now[0] != folder:
+            moved.append(f"{folder} ({_show(sw)}) would now be job {now[0]}")
+        elif (fixed := {k: v for k, v in then.items() if k not in keep and k not in ignore}) != now[1]:
+            changed.append((folder, fixed, now[1]))
+    if changed:
+        folder, then_fixed, now_fixed = changed[0]
+        keys = sorted(k for k in {*then_fixed, *now_fixed} if then_fixed.get(k) != now_fixed.get(k))
+        diff = [f"{k}={then_fixed.get(k, '(not set)')} then, {now_fixed.get(k, '(not set)')} now" for k in keys]
+        raise SweepChanged(
+            f"resume=true: {len(changed)} finished job(s) of sweep {sweep} ran with other fixed overrides: "
+            f"{'; '.join(diff)}. Resuming would mix two configurations in one sweep. Re-run with the sweep's "
+            f"original overrides (in {sweep / folder / '.hydra' / 'overrides.yaml'}), or start a new sweep "
+            "(leave hydra.sweep.dir unset)")
+    if moved:
+        raise SweepChanged(
+            f"resume=true: the grid of sweep {sweep} changed since its jobs ran (jobs are matched by their swept "
+            f"values and numbered in grid order): {'; '.join(moved[:5])}"
+            + (f"; and {len(moved) - 5} more" if len(moved) > 5 else "")
+            + ". Resume with the original grid (new values may be added at its end), or start a new sweep "
+            "(leave hydra.sweep.dir unset)")
 
 
 def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
