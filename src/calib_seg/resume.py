@@ -7,6 +7,10 @@ Called from :func:`calib_seg.train.run`; the record and exit codes of an interru
 - ``+resume=true`` in a run folder that already holds a *completed* or *aborted* ``run.json`` returns that
   record without training (a re-run sweep hands the sweeper the recorded metric, NaN for an abort); any other
   state (no record, failed, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
+- Before a grid sweep with ``resume=true`` launches anything, :func:`check_resumed_grid` (called by the
+  ``calib_seg_basic`` sweeper) matches the sweep folder's finished jobs to the planned ones by their swept values
+  and refuses (:class:`SweepChanged`, exit 2) a changed fixed override or grid; :func:`check_resumed_study` does
+  the same for a continued Optuna study. Job folders are named by the swept values (``resolvers.job_dirname``).
 - ``ckpt_path=last`` resumes from ``checkpoints/last.ckpt`` of the run folder (``hydra.run.dir=<same folder>``).
 - A folder that already holds a completed or aborted run is never trained over: without ``ckpt_path`` or
   ``resume=true`` the run stops before anything is written (:class:`RunFolderTaken`, exit 2).
@@ -82,6 +86,37 @@ def _show(items: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in items.items()) or "nothing"
 
 
+def _fixed_changed(sweep: Path, changed: list[tuple[str, dict[str, str], dict[str, str]]],
+                   what: str = "resume=true") -> SweepChanged:
+    """The refusal naming each fixed override that differs (``changed``: folder, fixed then, fixed now)."""
+    folder, then_fixed, now_fixed = changed[0]
+    keys = sorted(k for k in {*then_fixed, *now_fixed} if then_fixed.get(k) != now_fixed.get(k))
+    diff = [f"{k}={then_fixed.get(k, '(not set)')} then, {now_fixed.get(k, '(not set)')} now" for k in keys]
+    return SweepChanged(
+        f"{what}: {len(changed)} finished job(s) of sweep {sweep} ran with other fixed overrides: "
+        f"{'; '.join(diff)}. Resuming would mix two configurations in one sweep. Re-run with the sweep's "
+        f"original overrides (in {sweep / folder / '.hydra' / 'overrides.yaml'}), or start a new sweep "
+        "(leave hydra.sweep.dir unset)")
+
+
+def _fixed_of(overrides: dict[str, str], swept: set[str], may_change: list[str]) -> dict[str, str]:
+    """The overrides of a job that must not change on a resume: not swept, not in ``may_change``."""
+    ignore = {k.lstrip("+~") for k in may_change} | {"resume", "ckpt_path"}
+    return {k: v for k, v in overrides.items() if k not in swept and k not in ignore}
+
+
+def check_resumed_study(sweep_dir: str | Path, fixed: list[str], swept: list[str], may_change: list[str]) -> None:
+    """Before an Optuna study continues in its sweep folder: raise :class:`SweepChanged` when its finished trials'
+    jobs ran with other fixed overrides than ``fixed`` (the overrides every new trial gets); the trials' own
+    parameters (``swept``) and ``may_change`` keys may differ. Nothing is written either way."""
+    sweep, keep = Path(sweep_dir), set(swept)
+    now = _fixed_of(_by_key(fixed), keep, may_change)
+    changed = [(folder, then_fixed, now) for folder, then in _finished_jobs(sweep).items()
+               if (then_fixed := _fixed_of(then, keep, may_change)) != now]
+    if changed:
+        raise _fixed_changed(sweep, changed, "continuing the Optuna study")
+
+
 def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list[str],
                        may_change: list[str]) -> None:
     """Before a grid sweep with ``resume=true`` launches: raise :class:`SweepChanged` unless every job the sweep
@@ -100,12 +135,11 @@ def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list
     if not done:
         return
     keep = set(swept)
-    ignore = {k.lstrip("+~") for k in may_change} | {"resume", "ckpt_path"}
     planned = []
     for num, job in enumerate(jobs):
         values = _by_key(job)
         planned.append((job_folder(num, job_dirname(job, swept)), {k: v for k, v in values.items() if k in keep},
-                        {k: v for k, v in values.items() if k not in keep and k not in ignore}))
+                        _fixed_of(values, keep, may_change)))
     by_values = {tuple(sorted(sw.items())): (name, fixed) for name, sw, fixed in planned}
     moved, changed = [], []  # grid problems; (folder, fixed then, fixed now) of jobs whose fixed overrides differ
     for folder, then in done.items():
@@ -115,17 +149,10 @@ def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list
             moved.append(f"{folder} ({_show(sw)}) is not a job of this grid")
         elif now[0] != folder:
             moved.append(f"{folder} ({_show(sw)}) would now be job {now[0]}")
-        elif (fixed := {k: v for k, v in then.items() if k not in keep and k not in ignore}) != now[1]:
+        elif (fixed := _fixed_of(then, keep, may_change)) != now[1]:
             changed.append((folder, fixed, now[1]))
     if changed:
-        folder, then_fixed, now_fixed = changed[0]
-        keys = sorted(k for k in {*then_fixed, *now_fixed} if then_fixed.get(k) != now_fixed.get(k))
-        diff = [f"{k}={then_fixed.get(k, '(not set)')} then, {now_fixed.get(k, '(not set)')} now" for k in keys]
-        raise SweepChanged(
-            f"resume=true: {len(changed)} finished job(s) of sweep {sweep} ran with other fixed overrides: "
-            f"{'; '.join(diff)}. Resuming would mix two configurations in one sweep. Re-run with the sweep's "
-            f"original overrides (in {sweep / folder / '.hydra' / 'overrides.yaml'}), or start a new sweep "
-            "(leave hydra.sweep.dir unset)")
+        raise _fixed_changed(sweep, changed)
     if moved:
         raise SweepChanged(
             f"resume=true: the grid of sweep {sweep} changed since its jobs ran (jobs are matched by their swept "

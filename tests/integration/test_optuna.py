@@ -174,6 +174,12 @@ def test_killed_sweep_resumes_to_the_requested_trials_without_repeating_finished
     # a third run of the same command has nothing left to do
     err = _finish(_sweep(*args))
     assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
+    # continuing it with a changed fixed override would mix two configurations in one study: refused, nothing run
+    proc = _sweep(*[a.replace("torch_threads=1", "torch_threads=2") for a in args], "hydra.sweeper.n_trials=5")
+    err = _finish(proc)
+    assert proc.returncode == 2, err[-3000:]
+    assert "error: continuing the Optuna study: " in err and "ran with other fixed overrides: torch_threads=1 then, 2 now" in err, err
+    assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
 
 
 def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
@@ -22,6 +24,20 @@ def swept_keys_override(keys: list[str]) -> str:
     return "hydra.sweeper.swept_keys=[" + ",".join(f"'{k}'" for k in keys) + "]"
 
 
+def refuse_changed(check: Callable[..., None], config: Any, *args: Any) -> None:
+    """Run a :mod:`calib_seg.resume` check on ``config``'s sweep folder (``check(sweep_dir, *args, may_change)``,
+    may_change = ``hydra.job.config.override_dirname.exclude_keys``); a refusal is one message and exit 2."""
+    from calib_seg.cli import EXIT_CONFIG
+    from calib_seg.resume import SweepChanged
+
+    may_change = list(config.hydra.job.config.override_dirname.exclude_keys or [])
+    try:
+        check(config.hydra.sweep.dir, *args, may_change)
+    except SweepChanged as exc:  # nothing launched or written
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 class CalibSegBasicSweeper(BasicSweeper):
     """Hydra's BasicSweeper; each job learns the swept keys, and ``+resume=true`` is checked before launching."""
 
@@ -36,15 +52,9 @@ class CalibSegBasicSweeper(BasicSweeper):
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         assert self.config is not None
         if self.config.get("resume", False):
-            from calib_seg.cli import EXIT_CONFIG
-            from calib_seg.resume import SweepChanged, check_resumed_grid
+            from calib_seg.resume import check_resumed_grid
 
             jobs = [job for batch in batches for job in batch]
-            exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys or [])
-            try:
-                check_resumed_grid(self.config.hydra.sweep.dir, jobs, keys, exclude)
-            except SweepChanged as exc:  # one message, exit 2, nothing launched or written
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                raise SystemExit(EXIT_CONFIG) from None
+            refuse_changed(check_resumed_grid, self.config, jobs, keys)
         tag = swept_keys_override(keys)
         return [[[*job, tag] for job in batch] for batch in batches]

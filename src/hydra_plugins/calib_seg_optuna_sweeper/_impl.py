@@ -24,7 +24,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from hydra_plugins.calib_seg_basic_sweeper.sweeper import swept_keys_override
+from calib_seg.resume import check_resumed_study
+from hydra_plugins.calib_seg_basic_sweeper.sweeper import refuse_changed, swept_keys_override
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         """Run or continue the study until ``n_trials`` trials are answered (COMPLETE, PRUNED or FAIL)."""
         space, fixed = self._search_space(arguments)
+        # a continued study: its finished trials must have run with these fixed overrides (calib_seg.resume)
+        refuse_changed(check_resumed_study, self.config, [f"{k}={v}" for k, v in fixed.items()], list(space))
         directions = self._get_directions()
         if len(directions) != 1:
             raise ValueError("hydra/sweeper=calib_seg_optuna optimises one metric (optimized_metric)")
