@@ -147,6 +147,9 @@ def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list
         now = by_values.get(tuple(sorted(sw.items())))
         if now is None:
             moved.append(f"{folder} ({_show(sw)}) is not a job of this grid")
+        elif now[0] != folder and now[0].partition("_")[0] == folder.partition("_")[0]:  # named by every override
+            moved.append(f"{folder} is job {now[0]} in the older folder naming (rename the folder to {now[0]} "
+                         "to resume it)")
         elif now[0] != folder:
             moved.append(f"{folder} ({_show(sw)}) would now be job {now[0]}")
         elif (fixed := _fixed_of(then, keep, may_change)) != now[1]:

@@ -93,5 +93,8 @@ def test_resume_refuses_a_reordered_or_changed_grid_and_folders_of_the_older_nam
         check_resumed_grid(tmp_path, _grid([1, 3]), ["seed"], EXCLUDE)
     old = tmp_path / "old"
     _ran(old, "0_debug=tiny_beads,seed=1,torch_threads=1", ["debug=tiny_beads", "seed=1", "torch_threads=1"])
-    with pytest.raises(SweepChanged, match=r"would now be job 0_seed=1"):
+    with pytest.raises(SweepChanged, match=r"0_debug=tiny_beads,seed=1,torch_threads=1 is job 0_seed=1 in the older "
+                                           r"folder naming \(rename the folder to 0_seed=1 to resume it\)"):
         check_resumed_grid(old, _grid([1]), ["seed"], EXCLUDE)
+    (old / "0_debug=tiny_beads,seed=1,torch_threads=1").rename(old / "0_seed=1")
+    check_resumed_grid(old, _grid([1]), ["seed"], EXCLUDE)  # renamed as told: it resumes
