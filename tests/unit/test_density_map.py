@@ -169,3 +169,23 @@ def test_image_level_labels_alone_teach_a_tiny_map_to_count():
     finally:
         torch.set_num_threads(threads)
     assert count_error() < 0.5 * start, start
+
+
+def test_block_count_term_charges_diffuse_mass_as_the_objects_it_adds_up_to():
+    task = _task(_ConstantMap(0.0), block_size=8)
+    rng = np.random.default_rng(1)
+    target = torch.from_numpy(rng.uniform(0, 3, (2, 1, 20, 24)).astype(np.float32))
+    pred = torch.from_numpy(rng.uniform(0, 3, (2, 1, 20, 24)).astype(np.float32))
+
+    def blocks(m):  # objects per 8 x 8 block, zero rows below the 20-row image
+        padded = np.zeros((2, 24, 24))
+        padded[:, :20] = m.numpy()[:, 0] / 100.0
+        return padded.reshape(2, 3, 8, 3, 8).sum(axis=(2, 4))
+
+    want = ((blocks(pred) - blocks(target)) ** 2 / (blocks(target) + 1)).sum(axis=(1, 2))
+    np.testing.assert_allclose(task._block_errors(pred, target).numpy(), want, rtol=1e-5)
+    # one phantom object spread thinly over an empty block costs 1, as much as a sharp one
+    faint, sharp = torch.full((1, 1, 8, 8), 100.0 / 64), torch.zeros((1, 1, 8, 8))
+    sharp[0, 0, 3, 4] = 100.0
+    for phantom in (faint, sharp):
+        assert float(task._block_errors(phantom, torch.zeros_like(phantom))) == pytest.approx(1.0, rel=1e-5)

@@ -54,6 +54,10 @@ class DensityMapTask(DensityRegressionTask):
         map_scale: mass of one object in the map (~100 keeps the map loss away from tiny numbers).
         loss: ``mse`` (default) or ``l1`` on the map.
         count_weight: weight of the count term ``(log1p(count) - log1p(true count))²`` (0 = map loss only).
+        block_size / block_weight: local count term (0 = off): the map and its target summed over
+            ``block_size`` x ``block_size`` blocks, ``block_weight`` x the per-image sum of
+            ``(count - true)² / (true + 1)`` over blocks. Unlike the per-pixel map loss it charges faint, diffuse
+            mass (debris, background) as much as the objects it adds up to, wherever it sits.
         image_count_weight: weight of the same term for images without centres (``annotated`` False in the
             batch), against their expected count ``density x FOV area``: image-level supervision. Every term is
             summed per image and divided by the batch size, so an unannotated image weighs as much as an
@@ -75,6 +79,8 @@ class DensityMapTask(DensityRegressionTask):
         loss: str = "mse",
         count_weight: float = 0.0,
         image_count_weight: float = 1.0,
+        block_size: int = 0,
+        block_weight: float = 1.0,
         loc_radius_px: float = 2.0,
         peak_fraction: float = 0.3,
         normalize_input: bool = True,
@@ -147,6 +153,8 @@ class DensityMapTask(DensityRegressionTask):
             if self.hparams.count_weight > 0:
                 c_true = target.sum(dim=(1, 2, 3)) / self.target.scale
                 loss = loss + self.hparams.count_weight * F.mse_loss(torch.log1p(c_pred), torch.log1p(c_true))
+            if self.hparams.block_size:
+                loss = loss + self.hparams.block_weight * self._block_errors(dmap, target).mean()
             return loss
         n = len(dmap)
         loss = dmap.new_zeros(())
@@ -155,8 +163,21 @@ class DensityMapTask(DensityRegressionTask):
             if self.hparams.count_weight > 0:
                 c_true = target[ann].sum(dim=(1, 2, 3)) / self.target.scale
                 loss = loss + self.hparams.count_weight * (torch.log1p(c_pred[ann]) - torch.log1p(c_true)).pow(2).sum() / n
+            if self.hparams.block_size:
+                loss = loss + self.hparams.block_weight * self._block_errors(dmap[ann], target[ann]).sum() / n
         expected = batch["expected"].to(dmap)[~ann]
         return loss + self.hparams.image_count_weight * (torch.log1p(c_pred[~ann]) - torch.log1p(expected)).pow(2).sum() / n
+
+    def _block_errors(self, dmap: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) sum over ``block_size`` blocks of ``(count - true count)² / (true count + 1)`` (objects, zero-padded
+        edges): a Pearson chi-square, so a dense block's Poisson-sized error weighs no more than a phantom object
+        in an empty block."""
+        b = int(self.hparams.block_size)
+        h, w = dmap.shape[-2:]
+        pad = (0, (-w) % b, 0, (-h) % b)
+        k = b * b / self.target.scale
+        pred, true = (F.avg_pool2d(F.pad(m, pad), b) * k for m in (dmap, target))
+        return ((pred - true).pow(2) / (true + 1.0)).sum(dim=(1, 2, 3))
 
     # --- steps ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -218,6 +239,8 @@ class DensityMapTask(DensityRegressionTask):
                                        f"{self.hparams.loc_radius_px} px",
             "loss": f"{self.hparams.loss} on the map (mass {self.target.scale:g} per object)"
                     + (f" + {self.hparams.count_weight:g} x MSE of log1p(count)" if self.hparams.count_weight else "")
+                    + (f" + {self.hparams.block_weight:g} x sum over {self.hparams.block_size}-px blocks of "
+                       "(count - true)² / (true + 1)" if self.hparams.block_size else "")
                     + f"; images without centres: {self.hparams.image_count_weight:g} x (log1p(count) - "
                       "log1p(density x FOV area))², every term per image / batch size",
         }
