@@ -15,6 +15,13 @@ training split, then a least-squares line count -> density fitted on the trainin
 split's mean density for every test image. All on the same test split (stratified 15 % per dilution).
 
     .venv/bin/python benchmarks/b1_density_quality.py --quick
+
+Density-map rows (section B1m): ``--map-runs RUN [RUN ...]`` evaluates finished ``model=density_map`` run folders
+on their own (cpu_default) test split from their best checkpoint: per-level MAE beside the oracle and B1's global
+model row, the calibration verdict, and where the map's mass goes (phantom beads on bead-free fields, mass far
+from every bead, mass per bead near beads)::
+
+    .venv/bin/python benchmarks/b1_density_quality.py --map-runs RUN_A RUN_B --labels "sigma 1 px" "sigma 2 px"
 """
 
 from __future__ import annotations
@@ -147,6 +154,163 @@ def markdown(res: dict, header: str, goals: dict) -> str:
     return "\n".join(parts)
 
 
+def map_diagnostics(task, dm, images: np.ndarray, idx: np.ndarray, near_px: float = 3.0) -> dict:
+    """Where a density map's mass goes on the test images ``idx`` (float images in [0, 1], ``(N, H, W)``).
+
+    ``far``: mass farther than ``near_px`` from every bead centre (phantom from background/debris), per field;
+    ``gain``: mass within ``near_px`` of beads / realised count (1 = each bead counted once), per level;
+    ``empty``: the integral on simulated bead-free fields of the same physics, with and without debris.
+    """
+    import dataclasses
+
+    from scipy.ndimage import distance_transform_edt
+
+    from calib_seg.data.simulators.beads import render_beads
+
+    beads = dm.prepare()
+    px = dm.pixel_size_um()
+    scale = task.target.scale
+    with torch.no_grad():
+        maps = np.concatenate([task.density_map(torch.from_numpy(images[i:i + 32].astype(np.float32))[:, None])
+                               .numpy()[:, 0] for i in range(0, len(images), 32)]) / scale
+    far, gain_num, gain_den, levels = [], {}, {}, beads.dilution[idx]
+    for m, j, lv in zip(maps, idx, levels):
+        occupied = np.zeros(m.shape, bool)
+        c = np.floor(np.asarray(beads.centres_um[j]).reshape(-1, 2) / px).astype(int)
+        c = c[(c >= 0).all(1) & (c[:, 0] < m.shape[0]) & (c[:, 1] < m.shape[1])]
+        occupied[c[:, 0], c[:, 1]] = True
+        near = distance_transform_edt(~occupied) <= near_px if occupied.any() else occupied
+        far.append(float(m[~near].sum()))
+        key = f"{lv:g}x"
+        gain_num[key] = gain_num.get(key, 0.0) + float(m[near].sum())
+        gain_den[key] = gain_den.get(key, 0.0) + float(beads.count[j])
+    far = np.asarray(far)
+    phys = dm.source.physics
+    rng = np.random.default_rng(123)
+    empty = {}
+    for label, p in (("with debris", phys), ("no debris", dataclasses.replace(phys, debris_density_per_mm2=0.0))):
+        fields = np.stack([render_beads(rng, 0.0, 1.0, p).image for _ in range(8)]).astype(np.float32) / beads.scale
+        with torch.no_grad():
+            empty[label] = float(task.density_map(torch.from_numpy(fields)[:, None]).sum(dim=(1, 2, 3)).mean() / scale)
+    return {"far_per_field": {f"{v:g}x": float(far[levels == v].mean()) for v in np.unique(levels)},
+            "gain": {k: gain_num[k] / gain_den[k] for k in gain_num if gain_den[k] > 0},
+            "empty_field": empty, "near_px": near_px}
+
+
+def bead_sampling(pixel_sizes=(4.0, 2.0, 1.0), diameter_um: float = 4.0, n: int = 4000) -> dict:
+    """How much of one bead the simulator renders at each pixel size: its stamped optical mass (the profile sampled
+    at pixel centres, before the PSF) over the continuous profile's integral, for uniform sub-pixel positions."""
+    from calib_seg.data.simulators.beads import _stamp
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for px in pixel_sizes:
+        r = 0.5 * diameter_um / px
+        masses = []
+        for _ in range(n):
+            canvas = np.zeros((24, 24))
+            _stamp(canvas, rng.uniform(10, 11, size=(1, 2)), np.array([r]), np.array([1.0]))
+            masses.append(canvas.sum())
+        m = np.asarray(masses) / (2 / 3 * np.pi * r * r)
+        out[f"{px:g}"] = {"mean": float(m.mean()), "sd": float(m.std()), "invisible_pct": float(np.mean(m == 0) * 100),
+                          "below_half_pct": float(np.mean(m < 0.5) * 100)}
+    return out
+
+
+def evaluate_map_run(run_dir: str) -> dict:
+    """Per-level MAE, verdict and map diagnostics of one finished density-map run folder (its best checkpoint)."""
+    import json
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from calib_seg.checkpoints import load_run_config, load_task, resolve_checkpoint
+
+    run = Path(run_dir)
+    record = json.loads((run / "run.json").read_text())
+    ckpt = resolve_checkpoint(run)
+    task, cfg = load_task(ckpt), load_run_config(ckpt)
+    dm = instantiate(cfg.data)
+    beads = dm.prepare()
+    idx = dm.split.test
+    x = beads.images[idx].astype(np.float32) / beads.scale
+    with torch.no_grad():
+        pred = np.concatenate([task(torch.from_numpy(x[i:i + 32])[:, None]).numpy()
+                               for i in range(0, len(x), 32)]).reshape(-1)
+    y, dil = beads.density[idx], beads.dilution[idx]
+    met = common.regression_metrics(pred, y)
+    met["per_dilution_mae"] = common.per_dilution_mae(pred, y, dil)
+    oracle = dm.oracle_density("test")
+    cal = record.get("calibration") or {}
+    tm = record.get("test_metrics") or {}
+    overrides = (run / ".hydra" / "overrides.yaml").read_text() if (run / ".hydra" / "overrides.yaml").exists() else ""
+    return {"run_dir": str(run), "checkpoint": ckpt.name, "overrides": overrides, "epochs": record.get("epochs"),
+            "best_epoch": record.get("best_epoch"), "wall_time_s": record.get("wall_time_s"),
+            "record_test_mae": tm.get("test/mae"), "count_mae": tm.get("test/count_mae"), "loc_f1": tm.get("test/loc_f1"),
+            "verdict": cal.get("verdict"), "failing_levels": cal.get("failing_levels"), "model": met,
+            "oracle": {**common.regression_metrics(oracle, y), "per_dilution_mae": common.per_dilution_mae(oracle, y, dil)},
+            "diagnostics": map_diagnostics(task, dm, x, idx)}
+
+
+def map_markdown(res: dict, header: str) -> str:
+    runs, glob = res["runs"], res.get("global")
+    first = next(iter(runs.values()))
+    dils = list(first["oracle"]["per_dilution_mae"])
+    names = list(runs)
+    parts = [header, "\nPer-dilution MAE [beads/mm²] on the cpu_default test split (9 images per level); global model = "
+             "B1's cpu_default model row" + (f" ({glob['note']})" if glob else " (not in results.json)") + ":\n"]
+    rows = []
+    for k in dils:
+        rows.append([k, first["oracle"]["per_dilution_mae"][k], glob["per_dilution_mae"][k] if glob else None,
+                     *[runs[n]["model"]["per_dilution_mae"][k] for n in names]])
+    rows.append(["**R²**", first["oracle"]["r2"], glob["r2"] if glob else None, *[runs[n]["model"]["r2"] for n in names]])
+    rows.append(["**MAE**", first["oracle"]["mae"], glob["mae"] if glob else None, *[runs[n]["model"]["mae"] for n in names]])
+    rows.append(["calibration: failing levels", 0, None, *[len(runs[n]["failing_levels"] or []) for n in names]])
+    rows.append(["count MAE [beads/field]", 0, None, *[runs[n]["count_mae"] for n in names]])
+    rows.append(["localisation F1", None, None, *[runs[n]["loc_f1"] for n in names]])
+    rows.append(["epochs (best)", None, None, *[f"{runs[n]['epochs']} ({runs[n]['best_epoch']})" for n in names]])
+    rows.append(["train+test wall [s]", None, None, *[runs[n]["wall_time_s"] for n in names]])
+    parts.append(common.md_table(["level", "oracle", "global model", *names], rows))
+    parts.append(f"\nWhere the map's mass goes [beads per field of view]: `far` = mass farther than "
+                 f"{first['diagnostics']['near_px']:g} px from every bead centre; `gain` = mass within that radius / "
+                 "realised beads (1 = each bead counted once); `empty` = integral on simulated bead-free fields of the "
+                 "same physics (8 fields):\n")
+    rows = []
+    for n in names:
+        d = runs[n]["diagnostics"]
+        rows.append([n, d["empty_field"]["with debris"], d["empty_field"]["no debris"],
+                     d["far_per_field"][dils[-1]], d["far_per_field"][dils[0]],
+                     d["gain"][dils[-1]], d["gain"].get("3200x"), d["gain"][dils[0]]])
+    parts.append(common.md_table(["run", "empty (debris)", "empty (no debris)", f"far @{dils[-1]}",
+                                  f"far @{dils[0]}", f"gain @{dils[-1]}", "gain @3200x", f"gain @{dils[0]}"], rows))
+    rows = [[f"{k} um/px", v["mean"], v["sd"], v["invisible_pct"], v["below_half_pct"]]
+            for k, v in res["bead_sampling"].items()]
+    parts.append("\nWhat the simulator renders of one 4 um bead (profile sampled at pixel centres, before the PSF; "
+                 "4000 uniform sub-pixel positions), as a fraction of the continuous profile's mass:\n")
+    parts.append(common.md_table(["pixel size", "mean", "sd", "renders nothing [%]", "below half [%]"], rows))
+    parts.append("\nRuns: " + "; ".join(f"**{n}**: `{runs[n]['run_dir']}` ({runs[n]['checkpoint']}), overrides "
+                                         f"`{' '.join(o.strip('- ').strip() for o in runs[n]['overrides'].splitlines())}`"
+                                         for n in names))
+    return "\n".join(parts)
+
+
+def main_map(run_dirs: list[str], labels: list[str] | None) -> None:
+    """Section B1m from finished density-map run folders."""
+    load0, t0 = common.load_avg(), time.perf_counter()
+    labels = labels or [common.Path(r).name for r in run_dirs]
+    res = {"runs": {lab: evaluate_map_run(r) for lab, r in zip(labels, run_dirs)}, "command": common.command_line(),
+           "bead_sampling": bead_sampling()}
+    b1 = common.read_results().get("B1", {}).get("datasets", {}).get("cpu_default")
+    if b1:
+        m = b1["methods"]["model"]
+        res["global"] = {**m, "note": f"{b1['epochs']} epochs, best {b1['best_epoch']}, from B1's own run"}
+    load1 = common.load_avg()
+    res["load_avg_start"], res["load_avg_end"] = load0, load1
+    header = common.section_header("B1m", True, [res["command"]], load0, load1, time.perf_counter() - t0)
+    common.write_section("B1m", res, map_markdown(res, header))
+    print(common.RESULTS_MD.read_text().split("## B1 density-map rows")[1].split("\n## ")[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CPU size (128 px sampling, fewer epochs)")
@@ -154,7 +318,13 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--render-only", action="store_true",
                     help="re-render the B1 section from results.json (no training), e.g. after editing the text")
+    ap.add_argument("--map-runs", nargs="+", default=None,
+                    help="finished model=density_map run folders on the cpu_default data: write section B1m")
+    ap.add_argument("--labels", nargs="+", default=None, help="column names of --map-runs (default: folder names)")
     args = ap.parse_args()
+    if args.map_runs:
+        main_map(args.map_runs, args.labels)
+        return
     if args.render_only:
         res = common.read_results()["B1"]
         old = common.read_results()["markdown"]["B1"]

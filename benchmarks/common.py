@@ -27,6 +27,7 @@ RESULTS_MD = BENCH_DIR / "results.md"
 
 SECTION_TITLES = {
     "B1": "B1 density quality",
+    "B1m": "B1 density-map rows (cpu_default data and test split)",
     "B2": "B2 segmentation quality",
     "B2e": "B2 segmentation quality on real EM (42 EPFL slices)",
     "B3": "B3 framework overhead",

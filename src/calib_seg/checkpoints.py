@@ -96,6 +96,33 @@ def load_task(ckpt_path: str | Path, run_cfg: DictConfig | None = None,
     return task.eval()
 
 
+def init_weights(task: torch.nn.Module, path: str | Path) -> Path:
+    """Start ``task`` from another run's weights (``init_from``: fine-tuning), returning the checkpoint used.
+
+    ``path`` is a checkpoint or a run folder (its best checkpoint, :func:`resolve_checkpoint`). The network's
+    weights and the fitted buffers travel (input normalisation, target transform, a density map's scale), so the
+    new run keeps the normalisation the weights were trained with; optimizer, schedule and epoch start afresh
+    (``ckpt_path`` is the way to resume a run instead). A different architecture is one clear error.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = read_checkpoint(ckpt)["state_dict"]
+    own = task.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = [f"{label}: {few(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
+        raise ValueError(f"init_from={path}: {ckpt} does not fit this run's task and model ({'; '.join(parts)}); "
+                         "use the model and task settings of the run it came from")
+    task.load_state_dict(state)
+    log.info("initialised from %s (weights and fitted normalisation; optimizer and epochs start afresh)", ckpt)
+    return ckpt
+
+
 def missing_density_normalisation(state_dict: dict[str, Any]) -> list[str]:
     """Names of the density task's stored-normalisation buffers absent from (or never fitted in) a state dict.
 

@@ -190,6 +190,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             datamodule.setup(None)
         rec.datamodule = datamodule
         rec.task = task = instantiate(cfg.task, model=instantiate(cfg.model))
+        if cfg.get("init_from"):  # fine-tuning: another run's weights, a fresh optimizer and schedule
+            from calib_seg.checkpoints import init_weights
+
+            with input_errors():
+                rec.record["init_from"] = str(init_weights(task, cfg.init_from))
         rec.loggers, rec.callbacks = loggers, callbacks = loggers_and_callbacks(cfg)
         pin_ddp_children(cfg)
         rec.trainer = trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

@@ -125,6 +125,47 @@ def test_predict_with_a_tile_the_network_cannot_take_exits_with_one_message(poin
         _predict(run_dir, root / "test", tmp_path / "bad.csv", map_tile_size=31, map_tile_overlap=8)
 
 
+_QUIET = ["logger=none", "torch_threads=1", "trainer.enable_progress_bar=false", "callbacks.guard.r2_min=null"]
+
+
+def test_init_from_a_run_folder_fine_tunes_on_images_labelled_only_by_density(point_run, tmp_path):
+    from calib_seg.data.sources.bead_folder import write_bead_folder
+    from calib_seg.data.sources.beads_synth import SyntheticBeads
+    from calib_seg.train import run
+
+    root, run_dir, pre = point_run
+    # the same data without training: exactly the pretrained run's test numbers (its best checkpoint's weights)
+    same = run(compose_run_cfg([*_QUIET, *_MAP, "data=point_folder", f"data.source.root={root}",
+                                f"init_from={run_dir}", "train=false"], tmp_path / "same"))
+    assert Path(same["init_from"]).name.startswith("best-")
+    assert same["test_metrics"]["test/count_mae"] == pytest.approx(pre["test_metrics"]["test/count_mae"], rel=1e-6)
+    # a dilution series labelled only by dilution (no centres.csv): the map's integral is trained on density x area
+    src = SyntheticBeads(n_per_level=4, seed=3, dilutions=[50, 400, 3200], density_range=[7964, 124],
+                         physics={"image_size": 48, "pixel_size_um": 4.0, "psf_sigma_um": 2.0})
+    folder = write_bead_folder(src, tmp_path / "series")
+    (folder / "centres.csv").unlink()
+    data = ["data=beads_folder", f"data.source.root={folder}", "data.batch_size=4", "data.val_fraction=0.25",
+            "data.test_fraction=0.25"]
+    before = run(compose_run_cfg([*_QUIET, *_MAP, *data, f"init_from={run_dir}", "train=false"], tmp_path / "before"))
+    tuned = run(compose_run_cfg([*_QUIET, *_MAP, *data, f"init_from={run_dir}", "trainer.max_epochs=8",
+                                 "task.optimizer.lr=0.003"], tmp_path / "tuned"))
+    assert tuned["status"] == "completed", tuned.get("reason")
+    assert tuned["data_fingerprint"]["annotated_images"] == {"train": 0, "val": 0, "test": 0}
+    assert tuned["test_metrics"]["test/mae"] < before["test_metrics"]["test/mae"], (before["test_metrics"],
+                                                                                    tuned["test_metrics"])
+
+
+def test_init_from_a_run_of_another_architecture_is_one_clear_error(point_run, tmp_path):
+    from calib_seg.errors import InputError
+    from calib_seg.train import run
+
+    root, run_dir, _ = point_run
+    cfg = compose_run_cfg([*_QUIET, *_MAP, "model.filters=[4,8,16]", "data=point_folder", f"data.source.root={root}",
+                           f"init_from={run_dir}"], tmp_path / "other")
+    with pytest.raises(InputError, match=r"does not fit this run's task and model \(missing: model\."):
+        run(cfg)
+
+
 @pytest.mark.slow
 def test_density_map_beats_the_global_model_at_the_sparse_levels(tmp_path):
     from calib_seg.train import run

@@ -85,3 +85,23 @@ def test_bead_folder_reads_back_the_centres_it_wrote(tmp_path):
     assert [len(c) for c in back.centres_um] == list(back.count.astype(int)) == list(beads.count.astype(int))
     for a, b in zip(beads.centres_um, back.centres_um):
         np.testing.assert_allclose(a, b, atol=1e-3)  # written with 3 decimals
+
+
+def test_bead_folder_images_centres_csv_does_not_list_are_labelled_by_density_only(tmp_path):
+    from calib_seg.data.sources.bead_folder import BeadFolder, write_bead_folder
+    from calib_seg.data.sources.beads_synth import SyntheticBeads
+
+    src = SyntheticBeads(n_per_level=2, dilutions=[50.0, 51200.0],
+                         physics={"image_size": 32, "pixel_size_um": 8.0, "psf_sigma_um": 4.0})
+    folder = write_bead_folder(src, tmp_path / "f")
+    names = src.load().names
+    lines = (folder / "centres.csv").read_text().splitlines()
+    # keep the first image's beads, declare the second annotated but empty, drop the others
+    kept = [ln for ln in lines[1:] if ln.startswith(f"images/{names[0]}.tif,")]
+    (folder / "centres.csv").write_text("\n".join([lines[0], *kept, f"images/{names[1]}.tif,,"]) + "\n")
+    back = BeadFolder(folder).load()
+    assert len(back.centres_um[0]) == len(kept) > 0
+    assert back.centres_um[1].shape == (0, 2)  # listed with empty y/x: annotated, no bead
+    assert back.centres_um[2] is None and back.centres_um[3] is None  # not listed: density only
+    (folder / "centres.csv").unlink()
+    assert BeadFolder(folder).load().centres_um is None

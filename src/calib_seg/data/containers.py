@@ -27,7 +27,9 @@ class BeadSet:
     names: list[str]
     fov_area_mm2: float | None  # None when the pixel size is unknown
     fingerprint: dict[str, Any]
-    centres_um: list[np.ndarray] | None = field(default=None, repr=False)
+    #: bead centres (y, x) um per image for density-map targets; None = no image is point-annotated, a None entry
+    #: = that image is labelled only by its density (image-level supervision of the map's integral)
+    centres_um: list[np.ndarray | None] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.density)

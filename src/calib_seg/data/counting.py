@@ -3,8 +3,9 @@
 Training draws random crops of ``crop_size`` (flips and right-angle rotations on top); validation and test
 see whole images, one per batch (sizes may differ). The density-map task asks for its targets with
 :meth:`PointDataModule.serve_maps`; batches are ``{"image", "map", "dots", "density", "dilution", "count",
-"index"}`` with ``density`` = annotated count / image area (objects/mm²) or the count itself without a pixel size,
-``dilution`` NaN, ``count`` the annotated count of the (cropped) image.
+"annotated", "expected", "index"}`` with ``density`` = annotated count / image area (objects/mm²) or the count
+itself without a pixel size, ``dilution`` NaN, ``count`` the annotated count of the (cropped) image, ``annotated``
+True and ``expected`` = ``count`` (every image here has its points).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class _PointDataset(Dataset):
         return {"image": stack[:1].contiguous(), "map": stack[1:2].contiguous(), "dots": stack[2:].contiguous(),
                 "density": torch.tensor(n if area is None else n / area, dtype=torch.float32),
                 "dilution": torch.tensor(float("nan")), "count": torch.tensor(n, dtype=torch.float32),
+                "annotated": torch.tensor(True), "expected": torch.tensor(n, dtype=torch.float32),
                 "index": torch.tensor(self.offset + i, dtype=torch.int64)}
 
 

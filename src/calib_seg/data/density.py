@@ -42,13 +42,20 @@ class _BeadDataset(Dataset):
         return len(self.indices)
 
     def _targets(self, j: int, shape: tuple[int, int]) -> torch.Tensor:
-        """(2, H, W): density map and dots of image ``j``, computed once (augmentation moves them afterwards)."""
+        """(2, H, W): density map and dots of image ``j``, computed once (augmentation moves them afterwards);
+        zeros for an image without centres (labelled by its density only)."""
         if j not in self._cache:
             target, px_um = self.maps
-            centres = np.asarray(self.beads.centres_um[j], float).reshape(-1, 2) / px_um
-            dmap = density_map(centres, shape, target.sigma_for(px_um), target.scale)
-            self._cache[j] = torch.from_numpy(np.stack([dmap, dots_map(centres, shape)]))
+            if self._annotated(j):
+                centres = np.asarray(self.beads.centres_um[j], float).reshape(-1, 2) / px_um
+                dmap = density_map(centres, shape, target.sigma_for(px_um), target.scale)
+                self._cache[j] = torch.from_numpy(np.stack([dmap, dots_map(centres, shape)]))
+            else:
+                self._cache[j] = torch.zeros((2, *shape))
         return self._cache[j]
+
+    def _annotated(self, j: int) -> bool:
+        return self.beads.centres_um is not None and self.beads.centres_um[j] is not None
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(self.indices[i])
@@ -63,6 +70,9 @@ class _BeadDataset(Dataset):
                 img = torch.flip(img, dims=(2,))
         if self.maps is not None:
             img, extra["map"], extra["dots"] = img[:1], img[1:2].contiguous(), img[2:].contiguous()
+            # image-level supervision: unannotated images train the map's integral against density x FOV area
+            extra["annotated"] = torch.tensor(self._annotated(j))
+            extra["expected"] = torch.tensor(self.beads.density[j] * self.beads.fov_area_mm2, dtype=torch.float32)
         return {
             **extra,
             "image": img.contiguous(),
@@ -135,17 +145,22 @@ class DensityDataModule(SplitLoaders):
         self.map_target: MapTarget | None = None
 
     def serve_maps(self, target: MapTarget) -> None:
-        """Add ``"map"`` (B, 1, H, W) density-map targets and ``"dots"`` (B, 1, H, W) centres per pixel to every
-        batch (the density-map task asks for them).
+        """Add ``"map"`` (B, 1, H, W) density-map targets, ``"dots"`` (B, 1, H, W) centres per pixel,
+        ``"annotated"`` (B,) bool and ``"expected"`` (B,) density x FOV area to every batch (the density-map task
+        asks for them).
 
-        Needs bead centres (synthetic data, or a bead folder with ``centres.csv``) and the pixel size.
+        Images with centres (synthetic data, or those a bead folder's ``centres.csv`` lists) get their Gaussian
+        map; the others get an empty map and ``annotated`` False: the task trains their map's integral against
+        ``expected`` (image-level supervision). Needs the pixel size (FOV area).
         """
         beads = self.prepare()
-        if beads.centres_um is None:
-            raise ValueError("density maps need bead centres: this data source has none (a bead folder needs "
-                             "centres.csv; or train the global density model)")
         if self.pixel_size_um() is None:
-            raise ValueError("density maps from centres in um need the pixel size (data.source.pixel_size_um)")
+            raise ValueError("density maps need the pixel size (data.source.pixel_size_um, or dataset.json): "
+                             "centres are in um and image-level labels need the FOV area (density x area = count)")
+        n_ann = 0 if beads.centres_um is None else sum(c is not None for c in beads.centres_um)
+        if n_ann < len(beads):
+            log.info("density maps: %d of %d images have bead centres; the other %d are trained on their expected "
+                     "count (density x FOV area %.4g mm²)", n_ann, len(beads), len(beads) - n_ann, beads.fov_area_mm2)
         self.map_target = target
 
     def pixel_size_um(self) -> float | None:
@@ -221,5 +236,10 @@ class DensityDataModule(SplitLoaders):
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data of this run: source parameters or file-manifest hash, and split sizes."""
         beads = self.prepare()
-        return {**beads.fingerprint, "split_seed": self.split_seed, "holdout_dilutions": self.holdout_dilutions,
-                "split_sizes": self.split.sizes(), "split_note": self.split_note}
+        out = {**beads.fingerprint, "split_seed": self.split_seed, "holdout_dilutions": self.holdout_dilutions,
+               "split_sizes": self.split.sizes(), "split_note": self.split_note}
+        if self.map_target is not None:  # density maps: how many images of each split are point-annotated
+            has = [beads.centres_um is not None and c is not None for c in (beads.centres_um or [None] * len(beads))]
+            out["annotated_images"] = {k: int(sum(has[j] for j in getattr(self.split, k)))
+                                       for k in ("train", "val", "test")}
+        return out

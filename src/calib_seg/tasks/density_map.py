@@ -54,6 +54,14 @@ class DensityMapTask(DensityRegressionTask):
         map_scale: mass of one object in the map (~100 keeps the map loss away from tiny numbers).
         loss: ``mse`` (default) or ``l1`` on the map.
         count_weight: weight of the count term ``(log1p(count) - log1p(true count))²`` (0 = map loss only).
+        block_size / block_weight: local count term (0 = off): the map and its target summed over
+            ``block_size`` x ``block_size`` blocks, ``block_weight`` x the per-image sum of
+            ``(count - true)² / (true + 1)`` over blocks. Unlike the per-pixel map loss it charges faint, diffuse
+            mass (debris, background) as much as the objects it adds up to, wherever it sits.
+        image_count_weight: weight of the same term for images without centres (``annotated`` False in the
+            batch), against their expected count ``density x FOV area``: image-level supervision. Every term is
+            summed per image and divided by the batch size, so an unannotated image weighs as much as an
+            annotated one whatever the mix.
         loc_radius_px: peaks within this distance of an annotated centre are matches (localisation F1).
         peak_fraction: a peak counts when it exceeds this fraction of an isolated object's peak height.
     """
@@ -70,6 +78,9 @@ class DensityMapTask(DensityRegressionTask):
         map_scale: float = 100.0,
         loss: str = "mse",
         count_weight: float = 0.0,
+        image_count_weight: float = 1.0,
+        block_size: int = 0,
+        block_weight: float = 1.0,
         loc_radius_px: float = 2.0,
         peak_fraction: float = 0.3,
         normalize_input: bool = True,
@@ -97,7 +108,8 @@ class DensityMapTask(DensityRegressionTask):
         if dm is None or not hasattr(dm, "serve_maps"):
             return
         px = dm.pixel_size_um()
-        if not fitted:
+        # the training data's scale; a model initialised from another run (init_from) adopts its new data's
+        if not fitted or stage == "fit":
             self.pixel_size_um.fill_(px or 0.0)
             self.sigma_fitted_px.fill_(self.target.sigma_for(px))
         dm.serve_maps(self.target)
@@ -129,13 +141,43 @@ class DensityMapTask(DensityRegressionTask):
         return self.target_tf(self(image))
 
     def _map_loss(self, dmap: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map loss of the annotated images (+ their log-count term), plus the log-count term of the images
+        labelled only by density, against ``batch["expected"]`` (density x FOV area)."""
         target = batch["map"].to(dmap)
-        loss = F.mse_loss(dmap, target) if self.hparams.loss == "mse" else F.l1_loss(dmap, target)
-        if self.hparams.count_weight > 0:
-            c_pred = dmap.sum(dim=(1, 2, 3)) / self.target.scale
-            c_true = target.sum(dim=(1, 2, 3)) / self.target.scale
-            loss = loss + self.hparams.count_weight * F.mse_loss(torch.log1p(c_pred), torch.log1p(c_true))
-        return loss
+        ann = batch.get("annotated")
+        ann = torch.ones(len(dmap), dtype=torch.bool, device=dmap.device) if ann is None else ann.to(dmap.device).bool()
+        c_pred = dmap.sum(dim=(1, 2, 3)) / self.target.scale
+        map_fn = F.mse_loss if self.hparams.loss == "mse" else F.l1_loss
+        if bool(ann.all()):  # the point-annotated case, exactly as before image-level labels existed
+            loss = map_fn(dmap, target)
+            if self.hparams.count_weight > 0:
+                c_true = target.sum(dim=(1, 2, 3)) / self.target.scale
+                loss = loss + self.hparams.count_weight * F.mse_loss(torch.log1p(c_pred), torch.log1p(c_true))
+            if self.hparams.block_size:
+                loss = loss + self.hparams.block_weight * self._block_errors(dmap, target).mean()
+            return loss
+        n = len(dmap)
+        loss = dmap.new_zeros(())
+        if bool(ann.any()):
+            loss = loss + map_fn(dmap[ann], target[ann]) * (int(ann.sum()) / n)
+            if self.hparams.count_weight > 0:
+                c_true = target[ann].sum(dim=(1, 2, 3)) / self.target.scale
+                loss = loss + self.hparams.count_weight * (torch.log1p(c_pred[ann]) - torch.log1p(c_true)).pow(2).sum() / n
+            if self.hparams.block_size:
+                loss = loss + self.hparams.block_weight * self._block_errors(dmap[ann], target[ann]).sum() / n
+        expected = batch["expected"].to(dmap)[~ann]
+        return loss + self.hparams.image_count_weight * (torch.log1p(c_pred[~ann]) - torch.log1p(expected)).pow(2).sum() / n
+
+    def _block_errors(self, dmap: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) sum over ``block_size`` blocks of ``(count - true count)² / (true count + 1)`` (objects, zero-padded
+        edges): a Pearson chi-square, so a dense block's Poisson-sized error weighs no more than a phantom object
+        in an empty block."""
+        b = int(self.hparams.block_size)
+        h, w = dmap.shape[-2:]
+        pad = (0, (-w) % b, 0, (-h) % b)
+        k = b * b / self.target.scale
+        pred, true = (F.avg_pool2d(F.pad(m, pad), b) * k for m in (dmap, target))
+        return ((pred - true).pow(2) / (true + 1.0)).sum(dim=(1, 2, 3))
 
     # --- steps ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -154,9 +196,11 @@ class DensityMapTask(DensityRegressionTask):
             self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                      batch_size=len(pred), sync_dist=True)
         self._record(pred, batch, stage)
-        if stage == "test" and "dots" in batch:
-            self.count_metrics.update(count, batch["dots"].sum(dim=(1, 2, 3)).to(count))
-            self._update_localisation(dmap, batch["dots"])
+        if stage == "test" and "dots" in batch:  # against annotated centres only (not images labelled by density)
+            ann = batch["annotated"].bool().to(count.device) if "annotated" in batch else torch.ones_like(count).bool()
+            if bool(ann.any()):
+                self.count_metrics.update(count[ann], batch["dots"][ann].sum(dim=(1, 2, 3)).to(count))
+                self._update_localisation(dmap[ann], batch["dots"][ann])
         return pred
 
     def peaks(self, dmap: torch.Tensor) -> list[np.ndarray]:
@@ -194,5 +238,9 @@ class DensityMapTask(DensityRegressionTask):
                                        f"object's peak, matched one-to-one to centres within "
                                        f"{self.hparams.loc_radius_px} px",
             "loss": f"{self.hparams.loss} on the map (mass {self.target.scale:g} per object)"
-                    + (f" + {self.hparams.count_weight:g} x MSE of log1p(count)" if self.hparams.count_weight else ""),
+                    + (f" + {self.hparams.count_weight:g} x MSE of log1p(count)" if self.hparams.count_weight else "")
+                    + (f" + {self.hparams.block_weight:g} x sum over {self.hparams.block_size}-px blocks of "
+                       "(count - true)² / (true + 1)" if self.hparams.block_size else "")
+                    + f"; images without centres: {self.hparams.image_count_weight:g} x (log1p(count) - "
+                      "log1p(density x FOV area))², every term per image / batch size",
         }

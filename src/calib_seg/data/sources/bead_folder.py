@@ -4,7 +4,8 @@ Layout (exactly what ``python -m calib_seg.synth beads --out DIR`` writes)::
 
     DIR/manifest.csv     file,density[,dilution][,count]   or   file,dilution  (density from the dilution table)
     DIR/images/*.tif     one image per row (paths in ``file`` are relative to DIR)
-    DIR/centres.csv      optional: file,y_um,x_um  one row per counted bead (kept for density-map heads)
+    DIR/centres.csv      optional: file,y_um,x_um  one row per counted bead (density-map targets); a file with
+                         empty y_um,x_um is annotated with no bead; a file not listed is labelled by density only
     DIR/dataset.json     optional: {"bit_depth": 12, "pixel_size_um": 4.0, ...} camera facts for reading
 
 Without a manifest, dilutions are parsed from file names such as ``50x_001.tif``. Every problem is reported
@@ -201,19 +202,29 @@ class BeadFolder:
             centres_um=self._centres([r["file"] for r in kept]),
         )
 
-    def _centres(self, files: list[str]) -> list[np.ndarray] | None:
-        """Bead centres (y, x) in um per image from ``centres.csv`` (None without it, or when images are resized);
-        an image without rows holds no counted bead."""
+    def _centres(self, files: list[str]) -> list[np.ndarray | None] | None:
+        """Bead centres (y, x) in um per image from ``centres.csv`` (None without it, or when images are resized).
+
+        An image is point-annotated when ``centres.csv`` lists it: one row per bead, or one row with empty
+        ``y_um``/``x_um`` for an annotated image without beads. An image it does not list gets None: it is
+        labelled only by its density (the density-map task trains its integral against density x FOV area).
+        """
         path = self.root / "centres.csv"
         if not path.is_file() or self.resize:
             return None
-        by_file: dict[str, list[tuple[float, float]]] = {f: [] for f in files}
+        by_file: dict[str, list[tuple[float, float]] | None] = dict.fromkeys(files)
         with path.open(newline="") as f:
             for line, r in enumerate(csv.DictReader(f), start=2):
-                if r.get("file") in by_file:
-                    by_file[r["file"]].append((_number(r.get("y_um"), f"{path}, line {line}", "y_um", False),
-                                               _number(r.get("x_um"), f"{path}, line {line}", "x_um", False)))
-        return [np.asarray(by_file[f], float).reshape(-1, 2) for f in files]
+                name = r.get("file")
+                if name not in by_file:
+                    continue
+                pts = by_file[name] if by_file[name] is not None else []
+                by_file[name] = pts
+                where = f"{path}, line {line}"
+                if (r.get("y_um") or "").strip() == "" and (r.get("x_um") or "").strip() == "":
+                    continue  # the file is annotated and holds no bead
+                pts.append((_number(r.get("y_um"), where, "y_um", False), _number(r.get("x_um"), where, "x_um", False)))
+        return [None if by_file[f] is None else np.asarray(by_file[f], float).reshape(-1, 2) for f in files]
 
     def _same_size(self, images: list[np.ndarray], rows: list[dict[str, Any]]) -> list[np.ndarray]:
         if self.resize:
@@ -257,7 +268,8 @@ def write_bead_folder(source: SyntheticBeads, out_dir: str | Path) -> Path:
         rel = f"images/{name}.tif"
         tifffile.imwrite(out / rel, img)
         lines.append(f"{rel},{dil:g},{dens:.6g},{int(cnt)}")
-        centre_lines += [f"{rel},{y:.3f},{x:.3f}" for y, x in cen]
+        # an empty row keeps a bead-free image annotated (an unlisted image is labelled by its density only)
+        centre_lines += [f"{rel},{y:.3f},{x:.3f}" for y, x in cen] if len(cen) else [f"{rel},,"]
     atomic_write_text(out / "manifest.csv", "\n".join(lines) + "\n")
     atomic_write_text(out / "centres.csv", "\n".join(centre_lines) + "\n")
     facts = {"bit_depth": source.physics.bit_depth, "pixel_size_um": source.physics.pixel_size_um,
