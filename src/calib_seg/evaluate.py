@@ -67,7 +67,8 @@ def evaluate(cfg: DictConfig, use_run_data: bool | None = None) -> dict[str, Any
             _test_on_everything(datamodule)
         loggers = [lg for lg in (instantiate(n) for n in (cfg.get("logger") or {}).values() if n) if lg]
         figures = RunFigures(dirpath=str(out_dir / "figures"), title=f"evaluate {run_cfg.get('run_name', '')}",
-                             calibration=cfg.get("calibration"))
+                             calibration=cfg.get("calibration"), split=str(cfg.get("split", "test")),
+                             checkpoint=str(ckpt))
         rec.trainer = trainer = pl.Trainer(
             accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=loggers or False,
             callbacks=[figures], default_root_dir=str(out_dir), enable_checkpointing=False,

@@ -46,16 +46,40 @@ def _dilution_colours(dilution: np.ndarray) -> tuple[np.ndarray, list[float], An
     return colours, levels, cmap
 
 
-def _dilution_legend(ax: Any, levels: list[float], cmap: Any) -> None:
+def _dilution_legend(ax: Any, levels: list[float], cmap: Any, outside: bool = False) -> None:
+    """One entry per dilution level; ``outside`` puts it right of the axes, where it cannot cover a point."""
     if not levels or len(levels) > 14:
         return
     handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=f"{d:g}x") for i, d in enumerate(levels)]
-    ax.legend(handles=handles, title="dilution", fontsize=7, title_fontsize=7, loc="upper left", ncol=2)
+    where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0} if outside else \
+        {"loc": "upper left"}
+    ax.legend(handles=handles, title="dilution", fontsize=7, title_fontsize=7, ncol=1 if outside else 2, **where)
 
 
-def density_pred_vs_actual(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
-    """Predicted vs actual density, linear and log-log, with the identity line, coloured by dilution."""
+def fit_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """R² (NaN when the targets hold one value: undefined), MAE and n of predictions against targets."""
+    pred, target = np.asarray(pred, float).reshape(-1), np.asarray(target, float).reshape(-1)
+    ss_tot = float(((target - target.mean()) ** 2).sum()) if target.size else 0.0
+    ss_res = float(((pred - target) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 and len(np.unique(target)) > 1 else float("nan")
+    mae = float(np.abs(pred - target).mean()) if target.size else float("nan")
+    return {"r2": r2, "mae": mae, "n": int(target.size)}
+
+
+def _where(split: str, checkpoint: str | None) -> str:
+    """", test split, checkpoint best-epoch012.ckpt": what a figure's numbers were computed on."""
+    return f", {split} split" + (f", checkpoint {Path(checkpoint).name}" if checkpoint else ", last weights")
+
+
+def density_pred_vs_actual(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str,
+                           split: str = "test", checkpoint: str | None = None) -> Figure:
+    """Predicted vs actual density, linear and log-log, with the identity line, coloured by dilution.
+
+    The title names the split and the checkpoint (None: the model's last weights); the linear panel prints R²
+    (n/a on one density level), MAE and n of exactly the points drawn.
+    """
     pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
+    stats = fit_stats(pred, target)
     colours, levels, cmap = _dilution_colours(dilution)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     lo, hi = float(min(pred.min(), target.min())), float(max(pred.max(), target.max()))
@@ -78,25 +102,34 @@ def density_pred_vs_actual(pred: np.ndarray, target: np.ndarray, dilution: np.nd
         ax.set_xlabel(f"actual density [{DENSITY_UNIT}]")
         ax.set_ylabel(f"predicted density [{DENSITY_UNIT}]")
         ax.grid(alpha=0.3)
+    r2 = "n/a (one density level)" if not math.isfinite(stats["r2"]) else f"{stats['r2']:.4f}"
+    axes[0].text(0.98, 0.02, f"R² = {r2}\nMAE = {stats['mae']:.4g} {DENSITY_UNIT}\nn = {stats['n']} images",
+                 transform=axes[0].transAxes, ha="right", va="bottom", fontsize=9,
+                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     _dilution_legend(axes[0], levels, cmap)
-    fig.suptitle(f"{title}: predicted vs actual")
+    fig.suptitle(f"{title}: predicted vs actual{_where(split, checkpoint)}")
     return fig
 
 
-def density_residuals(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str) -> Figure:
-    """Residual (predicted - actual) against actual density, log x axis so every dilution is visible."""
+def density_residuals(pred: np.ndarray, target: np.ndarray, dilution: np.ndarray, title: str,
+                      split: str = "test", checkpoint: str | None = None) -> Figure:
+    """Residual (predicted - actual) against actual density, log x axis so every dilution is visible.
+
+    The legend sits outside the axes: inside, any corner covers the points of some level (upper left: the
+    sparse end's large positive residuals of a model that over-counts there).
+    """
     pred, target, dilution = (np.asarray(a, float).reshape(-1) for a in (pred, target, dilution))
     colours, levels, cmap = _dilution_colours(dilution)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.scatter(target, pred - target, c=colours, s=14, alpha=0.8, edgecolors="none")
     ax.axhline(0, color="k", lw=1, ls="--")
     if (target > 0).all():
         ax.set_xscale("log")
     ax.set_xlabel(f"actual density [{DENSITY_UNIT}]")
     ax.set_ylabel(f"residual = predicted - actual [{DENSITY_UNIT}]")
-    ax.set_title(f"{title}: residuals")
+    ax.set_title(f"{title}: residuals{_where(split, checkpoint)}", fontsize=10)
     ax.grid(alpha=0.3)
-    _dilution_legend(ax, levels, cmap)
+    _dilution_legend(ax, levels, cmap, outside=True)
     return fig
 
 
@@ -172,11 +205,33 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray,
     return np.asarray(xs), np.asarray(ys)
 
 
+def best_epoch_of(history: Sequence[Mapping[str, Any]], score: str, mode: str = "max") -> int | None:
+    """The 1-based epoch with the best finite ``score`` (the first on ties, as ModelCheckpoint keeps it)."""
+    x, y = _series(history, score)
+    if not len(x):
+        return None
+    return int(x[int(np.argmax(y) if mode == "max" else np.argmin(y))])
+
+
+def score_baseline(history: Sequence[Mapping[str, Any]], score: str) -> tuple[float, str] | None:
+    """The trivial level of a validation score, (value, label): R² = 0 (predicting the mean) for ``*/r2``; the
+    all-foreground Jaccard for ``*/jaccard`` when the run recorded it (``<score>_all_foreground``); else None."""
+    if score.endswith("/r2"):
+        return 0.0, "R² = 0 (predicting the mean)"
+    if score.endswith("/jaccard"):
+        _, y = _series(history, f"{score}_all_foreground")
+        if len(y):
+            return float(y[-1]), f"all-foreground Jaccard {float(y[-1]):.3f} (trivial)"
+    return None
+
+
 def training_curves(history: Sequence[Mapping[str, Any]], title: str, score: str = "val/r2",
-                    ax_pair: tuple[Any, Any] | None = None) -> Figure | None:
+                    ax_pair: tuple[Any, Any] | None = None, mode: str = "max") -> Figure | None:
     """Train/val loss (log scale when positive) and the validation score per epoch (1-based epochs).
 
-    With ``ax_pair`` it draws into existing axes (the report's grid) and returns None.
+    A dotted vertical line marks the best epoch (the checkpoint's, by ``score`` and ``mode``) on both panels, and
+    a dashed red line the score's trivial baseline (:func:`score_baseline`). With ``ax_pair`` it draws into
+    existing axes (the report's grid) and returns None.
     """
     fig = None
     if ax_pair is None:
@@ -190,11 +245,20 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str, score: str
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (training units)")
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     x, y = _series(history, score)
     if len(x):
         ax2.plot(x, y, marker="o", ms=3, color="tab:green", label=score)
+    base = score_baseline(history, score)
+    if base is not None:
+        ax2.axhline(base[0], color="tab:red", ls="--", lw=1, label=base[1])
+    best = best_epoch_of(history, score, mode)
+    if best is not None:
+        for a in (ax, ax2):
+            a.axvline(best, color="k", ls=":", lw=1, label=f"best epoch {best} (checkpoint)")
+    ax.legend(fontsize=8)
+    for a in (ax, ax2):  # epochs are whole numbers
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.set_xlabel("epoch")
     ax2.set_ylabel(f"{score} (unitless)")
     ax2.grid(alpha=0.3)
@@ -210,27 +274,30 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str, score: str
 
 
 def segmentation_overlays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], probs: Sequence[np.ndarray],
-                          title: str, threshold: float = 0.5) -> Figure:
-    """Rows of image / ground truth / prediction (thresholded), with the per-image foreground Jaccard."""
+                          title: str, threshold: float = 0.5, names: Sequence[str] | None = None,
+                          split: str = "test") -> Figure:
+    """Rows of image / ground truth / prediction (thresholded), each row titled by its file name (``names``;
+    the image's index when unknown) and the per-image foreground Jaccard; panels 5 inches wide."""
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(16, 5.6 * n), squeeze=False)
     for i, (img, msk, prb) in enumerate(zip(images, masks, probs)):
         pred = prb >= threshold
         truth = msk > 0.5
         jac = binary_jaccard(pred, truth)
+        name = str(names[i]) if names is not None and i < len(names) else f"{split} image {i}"
         axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
-        axes[i, 0].set_title(f"test image {i}", fontsize=9)
+        axes[i, 0].set_title(name, fontsize=11)
         axes[i, 1].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[i, 1].imshow(np.ma.masked_where(~truth, truth), cmap="autumn", alpha=0.45)
-        axes[i, 1].set_title("ground truth (red)", fontsize=9)
+        axes[i, 1].set_title(f"{name}: ground truth (red)", fontsize=11)
         axes[i, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[i, 2].imshow(np.ma.masked_where(~pred, pred), cmap="winter", alpha=0.45)
-        axes[i, 2].set_title(f"prediction p>={threshold:g} (blue), Jaccard {jac:.3f}", fontsize=9)
+        axes[i, 2].set_title(f"{name}: prediction p>={threshold:g} (blue), Jaccard {jac:.3f}", fontsize=11)
         for ax in axes[i]:
-            ax.set_xlabel("x [px]", fontsize=8)
-            ax.set_ylabel("y [px]", fontsize=8)
-            ax.tick_params(labelsize=7)
-    fig.suptitle(f"{title}: test overlays")
+            ax.set_xlabel("x [px]", fontsize=9)
+            ax.set_ylabel("y [px]", fontsize=9)
+            ax.tick_params(labelsize=8)
+    fig.suptitle(f"{title}: {split} overlays")
     fig.tight_layout()
     return fig
 
@@ -312,12 +379,13 @@ def per_dilution_mae_plot(per_run: Mapping[str, Mapping[float, float]], title: s
     return fig
 
 
-def curves_grid(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str, score: str) -> Figure:
-    """One row of (loss, score) panels per run."""
+def curves_grid(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str, score: str,
+                mode: str = "max") -> Figure:
+    """One row of (loss, score) panels per run, each marking its best epoch and the baseline."""
     n = max(len(histories), 1)
     fig, axes = plt.subplots(n, 2, figsize=(11, 2.8 * n), squeeze=False)
     for i, (label, hist) in enumerate(histories.items()):
-        training_curves(hist, label, score=score, ax_pair=(axes[i, 0], axes[i, 1]))
+        training_curves(hist, label, score=score, ax_pair=(axes[i, 0], axes[i, 1]), mode=mode)
     fig.suptitle(f"{title}: training curves")
     fig.tight_layout()
     return fig

@@ -30,6 +30,7 @@ from calib_seg.report_rows import (  # noqa: F401  (re-exported: the report's pu
     duplicate_warning,
     expected_jobs,
     job_dirs,
+    job_table,
     md_table,
     provenance_warnings,
     sweep_spec,
@@ -70,12 +71,54 @@ def _best_density_job(rows: Sequence[dict[str, Any]]) -> list[str]:
             flag = (f"> **No job passes the calibration verdict.** `{best['job']}` is only the best by "
                     f"{best.get('optimized_metric')}; it fails at {best.get('failing_levels') or '?'} (worst excess "
                     f"{_fmt(best.get('worst_excess'))} at {best.get('worst_level')}). Do not use it for calibration.")
-    text = (f"`{best['job']}` (experiment {best.get('experiment')}, filters {best.get('filters')}, batch "
+    preset = f"experiment {best['experiment']}, " if best.get("experiment") else ""
+    text = (f"`{best['job']}` ({preset}filters {best.get('filters')}, batch "
             f"{best.get('batch')}, lr {_fmt(best.get('lr'))}): best {best.get('optimized_metric')} = "
             f"{_fmt(best['best_val'])} at epoch {best.get('best_epoch')}, test R² {_fmt(best.get('r2'))}, "
             f"test MAE {_fmt(best.get('mae'))} beads/mm²; calibration {best.get('calibration') or 'not recorded'}, "
             f"quantification range {best.get('quantification_range') or '-'}.")
     return ["## Best job", "", text, ""] + ([flag, ""] if flag else [])
+
+
+#: a best job whose test R² is at or below this learned about nothing (R² = 0: predicting the mean of the test set)
+R2_FAILURE = 0.05
+#: ... and one whose test Jaccard is within this of the all-foreground baseline (the guard's ``jaccard_margin``)
+JACCARD_FAILURE_MARGIN = 0.02
+
+
+def failure_reasons(row: dict[str, Any]) -> list[str]:
+    """Why a job's numbers are a failure rather than a result (empty when none applies): a status other than
+    completed, test R² ~ 0 or below, a failed calibration verdict, a Jaccard no better than all-foreground."""
+    reasons = []
+    if row.get("status") != "completed":
+        reasons.append(f"its status is {row.get('status')}")
+    r2 = row.get("r2")
+    if r2 is not None and r2 <= R2_FAILURE:
+        reasons.append(f"test R² {_fmt(r2)} (at or below {R2_FAILURE:g}: no better than predicting the mean)")
+    if row.get("calibration") == "fail":
+        reasons.append(f"its calibration verdict fails (at {row.get('failing_levels') or '?'})")
+    jac, base = row.get("jaccard"), row.get("jaccard_all_foreground")
+    if jac is not None and base is not None and jac <= base + JACCARD_FAILURE_MARGIN:
+        reasons.append(f"test Jaccard {_fmt(jac)} is no better than predicting all foreground ({_fmt(base)})")
+    return reasons
+
+
+def best_failure_warning(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A loud line at the top of the report when the job the report calls best is itself a failure, or when no
+    job completed at all (so there is no best job); empty otherwise."""
+    best = best_job(rows, calibrated=True) or best_job(rows)
+    if best is None:
+        ended = [r for r in rows if r["status"] not in ("missing", "running")]
+        if not ended:
+            return []
+        counts = ", ".join(f"{sum(r['status'] == s for r in ended)} {s}" for s in sorted({r["status"] for r in ended}))
+        return [f"> **Warning: no job completed ({counts}): there is no best job.** See \"Aborted and failed "
+                "jobs\".", ""]
+    reasons = failure_reasons(best)
+    if not reasons:
+        return []
+    return [f"> **Warning: the best job is itself a failure.** `{best['job']}`: {'; '.join(reasons)}. "
+            "Treat these numbers as a failed sweep, not as a result.", ""]
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -105,7 +148,7 @@ def _figures(sweep: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> list[tu
     spec.resolve("report_figures")(have, sweep.name, save)
     hist = {_label(r): h for r in have if (h := read_history(r["dir"]))}
     if hist:
-        save(plots.curves_grid(hist, sweep.name, spec.optimized_metric), "training_curves",
+        save(plots.curves_grid(hist, sweep.name, spec.optimized_metric, spec.mode), "training_curves",
              "Training curves of every job")
     return out
 
@@ -142,9 +185,9 @@ def segmentation_sections(rows: Sequence[dict[str, Any]], spec: TaskSpec) -> lis
     return ["## Best configuration per architecture", "",
             md_table(best_per_arch(rows), [("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
                                            ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
-                                           ("time_s", "time [s]"), ("best_epoch", "epochs to best"),
+                                           ("time_s", "time"), ("best_epoch", "epochs to best"),
                                            ("job", "job")]), "",
-            f"## All jobs ({len(rows)})", "", md_table(rows, spec.report_columns), ""]
+            f"## All jobs ({len(rows)})", "", *job_table(rows, spec.report_columns)]
 
 
 def density_sections(rows: Sequence[dict[str, Any]], spec: TaskSpec) -> list[str]:
@@ -153,7 +196,7 @@ def density_sections(rows: Sequence[dict[str, Any]], spec: TaskSpec) -> list[str
             "Test-set metrics in beads/mm² (MAPE in %), on the best checkpoint; oracle R² is a perfect counter "
             "on the same test images (the Poisson floor). Calibration: the per-level verdict against the "
             "counting-statistics floor (docs/calibration.md); worst excess = the worst level's MAE / floor.", "",
-            md_table(rows, spec.report_columns), ""]
+            *job_table(rows, spec.report_columns)]
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -171,6 +214,7 @@ def build_report(sweep: str | Path, figures: bool = True) -> str:
           f"Kind: {spec.report_kind}; "
           f"{len(done)} job(s) with a record, {len(rows) - len(done)} job folder(s) without one"
           + (f", {expected} job(s) launched" if expected is not None else "") + ".", ""]
+    md += best_failure_warning(rows)
 
     md += duplicate_warning(rows, expected)
     from calib_seg.report_setup import setup_section  # date, code, data, seed, device, what varied

@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from calib_seg.report_rows import fmt_duration
+
 STUDY_FILE = "optuna.db"
 
 
@@ -63,11 +65,11 @@ def _cell(x: Any) -> str:
 def trial_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`trial_rows`, one column per searched parameter."""
     names = sorted({k for r in rows for k in r["params"]})
-    cols = ["trial", *names, "value", "state", "epochs", "time [s]", "note"]
+    cols = ["trial", *names, "value", "state", "epochs", "time", "note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r["number"], *(r["params"].get(n) for n in names), r["value"], r["state"], r["epochs"],
-                 r["time_s"], r["note"][:120]]
+                 fmt_duration(r["time_s"]) if r["time_s"] is not None else None, r["note"][:120]]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -87,7 +89,7 @@ def compute_saved(rows: list[dict[str, Any]]) -> str:
     spent = sum(float(r["time_s"] or 0) for r in pruned)
     return (f"{len(pruned)} pruned trial(s) ({by_pruner} by the pruner, {len(pruned) - by_pruner} by the training "
             f"guard) trained {ran} of their {planned} planned epochs: {planned - ran} epoch(s) not spent; they took "
-            f"{spent:.0f} s in total.")
+            f"{fmt_duration(spent)} in total.")
 
 
 def importance_lines(study: Any, path: Path | None) -> list[str]:

@@ -82,7 +82,8 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
         filters = ch.get("filters")
         row = {
             "job": job.name, "dir": job, "status": rec.get("status"), "reason": rec.get("reason"),
-            "task": rec.get("task"), "experiment": ch.get("experiment") or (rec.get("config") or {}).get("run_name"),
+            # the preset only: a run without one is named after its task, which is no experiment
+            "task": rec.get("task"), "experiment": ch.get("experiment"),
             "arch": ch.get("arch") or ch.get("model"), "model": ch.get("model"),
             "filters": "-".join(str(f) for f in filters) if filters else ch.get("base_filters"),
             "batch": ch.get("batch_size"), "lr": ch.get("lr"), "data": ch.get("data"),
@@ -183,6 +184,36 @@ def duplicate_warning(rows: Sequence[dict[str, Any]], expected: int | None) -> l
 
 
 # ------------------------------------------------------------------------------------------------ formatting
+#: row keys holding seconds, shown as durations ("4.7 s", "20 min 34 s", "2 h 05 min") in the tables
+DURATION_KEYS = frozenset({"time_s", "time_per_epoch_s"})
+#: columns a table keeps even when empty
+_ALWAYS = frozenset({"job", "status"})
+
+
+def fmt_duration(seconds: Any) -> str:
+    """Seconds for people: ``4.7 s`` below 10 s, ``34 s`` below a minute, ``20 min 34 s``, ``2 h 05 min``."""
+    if _num(seconds) is None:
+        return "-"
+    t = float(seconds)
+    if t < 9.95:
+        return f"{t:.1f} s"
+    if t < 59.5:
+        return f"{t:.0f} s"
+    total = round(t)
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    hours, rest = divmod(total, 3600)
+    return f"{hours} h {round(rest / 60):02d} min" if round(rest / 60) < 60 else f"{hours + 1} h 00 min"
+
+
+def present_columns(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]
+                    ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(columns with a value in some row, headers of those without one): a column empty in every job (peak CUDA
+    memory on a CPU, a calibration never computed) says nothing, so the table leaves it out and names it."""
+    kept = [(k, h) for k, h in cols if k in _ALWAYS or any(r.get(k) not in (None, "") for r in rows)]
+    return kept, [h for k, h in cols if (k, h) not in kept]
+
+
 def _fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
@@ -197,5 +228,13 @@ def md_table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]) ->
     """A Markdown table of ``rows`` with ``cols`` = (key, header)."""
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)).replace("|", "/") for k, _ in cols) + " |")
+        cells = (fmt_duration(r.get(k)) if k in DURATION_KEYS else _fmt(r.get(k)) for k, _ in cols)
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def job_table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]) -> list[str]:
+    """The all-jobs table without its empty columns, and a line naming those (Markdown lines)."""
+    kept, dropped = present_columns(rows, cols)
+    note = [f"Not recorded for any job, so not shown: {', '.join(dropped)}.", ""] if dropped else []
+    return [md_table(rows, kept), "", *note]

@@ -11,36 +11,71 @@ from omegaconf import OmegaConf
 
 
 def _safe_name(text: str, max_len: int = 200) -> str:
-    """A job-folder-safe version of an override string (no slashes or shell-hostile characters).
-
-    200 characters: Hydra sorts the overrides by key, so with a few fixed overrides (tiny sizes, epochs) a short
-    cut hid the swept value (``experiment=...`` sorts after ``data.*``); 200 + the ``<num>_`` prefix stays
-    below the 255-byte file-name limit of common file systems.
-    """
+    """A job-folder-safe version of an override string (no slashes or shell-hostile characters)."""
     text = re.sub(r"[^A-Za-z0-9_.,=\-\[\]]+", "_", str(text)).strip("_")
     return text[:max_len] or "default"
 
 
-def _job_dirname(*, _root_: Any) -> str:
-    """The job-folder name after the index: the job's overrides, grid parameters first.
+#: the longest job-folder name after ``<num>_`` (below the 255-byte file-name limit of common file systems)
+MAX_DIRNAME = 200
 
-    Like Hydra's ``override_dirname`` (sorted ``key=value`` overrides minus ``exclude_keys``), except that the keys
-    of ``hydra.sweeper.params`` (an ``hparams_search`` grid) come first, so the swept values stay visible when
-    fixed overrides (tiny sizes, epochs, data) would otherwise push them past the length cut. Sorted otherwise,
-    so the name does not depend on the order overrides were typed in (a re-run sweep finds its job folders).
+
+def folder_value(value: str) -> str:
+    """A swept value as it appears in a job-folder name: no brackets, braces, quotes, commas or spaces.
+
+    ``[8,16,32]`` -> ``8-16-32``, ``'a b'`` -> ``a_b``, ``{k:v}`` -> ``k-v``; letters, digits and ``. - + =``
+    stay. Lossy on purpose (the exact value is in the job's ``.hydra/overrides.yaml`` and ``run.json``).
+    """
+    text = re.sub(r"[\[\]{}'\"]", "", str(value))
+    text = re.sub(r"\s*[,:]\s*", "-", text)
+    return re.sub(r"[^A-Za-z0-9_.+=\-]+", "_", text) or "none"
+
+
+def job_dirname(overrides: list[str], swept: list[str] | None, exclude: list[str] | tuple[str, ...] = ()) -> str:
+    """The job-folder name after ``<num>_``: the swept parameters' values, ``key=value`` joined by ``_``.
+
+    ``swept`` lists the keys the sweeper varies (in grid order); only those name the folder, so the fixed
+    overrides (sizes, epochs, threads) never do and a re-run with ``+resume=true`` finds its folders by what the
+    grid varies. ``swept=None`` (a sweeper that does not say what it sweeps): every override but ``exclude``,
+    sorted. Empty when nothing is swept (the folder is then just ``<num>``). A name longer than
+    :data:`MAX_DIRNAME` is cut and ends in a hash of the whole name, so it stays unique and stable.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    if swept is None:
+        chosen = sorted((o for o in parsed if o.key_or_group not in set(exclude)), key=lambda o: o.key_or_group)
+    else:
+        order = {k.lstrip("+~"): i for i, k in enumerate(swept)}
+        chosen = sorted((o for o in parsed if o.key_or_group in order), key=lambda o: order[o.key_or_group])
+    name = "_".join(f"{o.key_or_group}={folder_value(o.get_value_element_as_str())}" for o in chosen)
+    if len(name) > MAX_DIRNAME:
+        import hashlib
+
+        name = f"{name[:MAX_DIRNAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def job_folder(num: int | str, dirname: str) -> str:
+    """A job folder's name: its number, then ``_<swept values>`` when something is swept."""
+    return f"{num}_{dirname}" if dirname else str(num)
+
+
+def _job_dirname(*, _root_: Any) -> str:
+    """The ``${job_dirname:}`` resolver of ``hydra.sweep.subdir``: ``_`` + :func:`job_dirname` of this job, or "".
+
+    The swept keys come from ``hydra.sweeper.swept_keys``, which calib_seg's sweepers (``calib_seg_basic``,
+    ``calib_seg_optuna``) set for each job; with another sweeper, the keys of ``hydra.sweeper.params`` when it
+    has any, else every override but ``hydra.job.config.override_dirname.exclude_keys``.
+    """
     hydra_cfg = _root_.hydra
-    opts = hydra_cfg.job.config.override_dirname
-    exclude = set(opts.exclude_keys or [])
-    swept = list((hydra_cfg.sweeper.get("params") or {}).keys())
-    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
-    kept = [o for o in overrides if o.key_or_group not in exclude]
-    first = sorted((o for o in kept if o.key_or_group in swept), key=lambda o: swept.index(o.key_or_group))
-    rest = sorted(o.input_line for o in kept if o.key_or_group not in swept)
-    lines = [o.input_line for o in first] + rest
-    return _safe_name(opts.item_sep.join(line.replace("=", opts.kv_sep, 1) for line in lines))
+    sweeper = hydra_cfg.sweeper
+    swept = sweeper.get("swept_keys")
+    if swept is None and sweeper.get("params"):
+        swept = list(sweeper.params.keys())
+    name = job_dirname(list(hydra_cfg.overrides.task), None if swept is None else list(swept),
+                       list(hydra_cfg.job.config.override_dirname.exclude_keys or []))
+    return f"_{name}" if name else ""
 
 
 def register() -> None:

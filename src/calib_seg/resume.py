@@ -7,6 +7,10 @@ Called from :func:`calib_seg.train.run`; the record and exit codes of an interru
 - ``+resume=true`` in a run folder that already holds a *completed* or *aborted* ``run.json`` returns that
   record without training (a re-run sweep hands the sweeper the recorded metric, NaN for an abort); any other
   state (no record, failed, killed) trains again, from ``checkpoints/last.ckpt`` when the folder has one.
+- Before a grid sweep with ``resume=true`` launches anything, :func:`check_resumed_grid` (called by the
+  ``calib_seg_basic`` sweeper) matches the sweep folder's finished jobs to the planned ones by their swept values
+  and refuses (:class:`SweepChanged`, exit 2) a changed fixed override or grid; :func:`check_resumed_study` does
+  the same for a continued Optuna study. Job folders are named by the swept values (``resolvers.job_dirname``).
 - ``ckpt_path=last`` resumes from ``checkpoints/last.ckpt`` of the run folder (``hydra.run.dir=<same folder>``).
 - A folder that already holds a completed or aborted run is never trained over: without ``ckpt_path`` or
   ``resume=true`` the run stops before anything is written (:class:`RunFolderTaken`, exit 2).
@@ -52,38 +56,113 @@ def refuse_overwrite(cfg: DictConfig, out_dir: Path) -> None:
 
 
 class SweepChanged(RunFolderTaken):
-    """``resume=true`` in a sweep folder whose jobs ran with other fixed overrides (a re-run would train them all
-    again into new folders beside the old ones)."""
+    """``resume=true`` in a sweep folder whose jobs ran with other fixed overrides or another grid (resuming would
+    mix two configurations in one sweep, or train every job again beside the old ones)."""
 
 
-def _overrides_of(job_name: str) -> set[str]:
-    """The ``key=value`` items of a job folder name ``<num>_<overrides>`` (commas inside ``[..]`` kept)."""
-    import re
+def _by_key(overrides: list[str]) -> dict[str, str]:
+    """``key -> value`` of a job's override strings (``+``/``~`` dropped; a deletion's value is ``~``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    rest = job_name.partition("_")[2]
-    return set(re.split(r",(?![^\[]*\])", rest)) if rest else set()
+    out = {}
+    for o in OverridesParser.create().parse_overrides([str(x) for x in overrides]):
+        out[o.key_or_group] = "~" if o.is_delete() else o.get_value_element_as_str()
+    return out
 
 
-def refuse_changed_sweep(cfg: DictConfig, out_dir: Path) -> None:
-    """With ``resume=true`` in a sweep: raise :class:`SweepChanged` when this job's number already has another
-    folder in the sweep (the folder name holds the job's overrides, so the overrides changed since)."""
-    num = out_dir.name.partition("_")[0]
-    if not cfg.get("resume", False) or not num.isdigit() or not out_dir.parent.is_dir():
+def _finished_jobs(sweep: Path) -> dict[str, dict[str, str]]:
+    """Folder name -> overrides (``key -> value``, from its ``.hydra/overrides.yaml``) of the sweep's started jobs."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for d in sorted(sweep.iterdir()) if sweep.is_dir() else []:
+        path = d / ".hydra" / "overrides.yaml"
+        if d.is_dir() and path.is_file() and ((d / "run.json").exists() or (d / "checkpoints").is_dir()):
+            out[d.name] = _by_key(list(OmegaConf.load(path)))
+    return out
+
+
+def _show(items: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in items.items()) or "nothing"
+
+
+def _fixed_changed(sweep: Path, changed: list[tuple[str, dict[str, str], dict[str, str]]],
+                   what: str = "resume=true") -> SweepChanged:
+    """The refusal naming each fixed override that differs (``changed``: folder, fixed then, fixed now)."""
+    folder, then_fixed, now_fixed = changed[0]
+    keys = sorted(k for k in {*then_fixed, *now_fixed} if then_fixed.get(k) != now_fixed.get(k))
+    diff = [f"{k}={then_fixed.get(k, '(not set)')} then, {now_fixed.get(k, '(not set)')} now" for k in keys]
+    return SweepChanged(
+        f"{what}: {len(changed)} finished job(s) of sweep {sweep} ran with other fixed overrides: "
+        f"{'; '.join(diff)}. Resuming would mix two configurations in one sweep. Re-run with the sweep's "
+        f"original overrides (in {sweep / folder / '.hydra' / 'overrides.yaml'}), or start a new sweep "
+        "(leave hydra.sweep.dir unset)")
+
+
+def _fixed_of(overrides: dict[str, str], swept: set[str], may_change: list[str]) -> dict[str, str]:
+    """The overrides of a job that must not change on a resume: not swept, not in ``may_change``."""
+    ignore = {k.lstrip("+~") for k in may_change} | {"resume", "ckpt_path"}
+    return {k: v for k, v in overrides.items() if k not in swept and k not in ignore}
+
+
+def check_resumed_study(sweep_dir: str | Path, fixed: list[str], swept: list[str], may_change: list[str]) -> None:
+    """Before an Optuna study continues in its sweep folder: raise :class:`SweepChanged` when its finished trials'
+    jobs ran with other fixed overrides than ``fixed`` (the overrides every new trial gets); the trials' own
+    parameters (``swept``) and ``may_change`` keys may differ. Nothing is written either way."""
+    sweep, keep = Path(sweep_dir), set(swept)
+    now = _fixed_of(_by_key(fixed), keep, may_change)
+    changed = [(folder, then_fixed, now) for folder, then in _finished_jobs(sweep).items()
+               if (then_fixed := _fixed_of(then, keep, may_change)) != now]
+    if changed:
+        raise _fixed_changed(sweep, changed, "continuing the Optuna study")
+
+
+def check_resumed_grid(sweep_dir: str | Path, jobs: list[list[str]], swept: list[str],
+                       may_change: list[str]) -> None:
+    """Before a grid sweep with ``resume=true`` launches: raise :class:`SweepChanged` unless every job the sweep
+    folder already ran (a ``run.json`` or checkpoints) is the same job now.
+
+    ``jobs`` are the job override lists in launch order (job ``i`` is folder ``i_<swept values>``), ``swept`` the
+    keys the grid varies, ``may_change`` keys that may differ between the runs (data location, devices, launcher,
+    ``resume`` itself: ``hydra.job.config.override_dirname.exclude_keys``). A finished folder is matched by its
+    swept values: it must have the same job number (same grid, same order) and the same fixed overrides. A job
+    folder that is new (a grid extended at its end) is fine. Nothing is written either way.
+    """
+    from calib_seg.resolvers import job_dirname, job_folder
+
+    sweep = Path(sweep_dir)
+    done = _finished_jobs(sweep)
+    if not done:
         return
-    earlier = sorted(d for d in out_dir.parent.glob(f"{num}_*")
-                     if d.is_dir() and d != out_dir and ((d / "run.json").exists() or (d / ".hydra").is_dir()))
-    if not earlier:
-        return
-    before, now = _overrides_of(earlier[0].name), _overrides_of(out_dir.name)
-    if not (out_dir / "run.json").exists() and not (out_dir / "checkpoints").exists():
-        import shutil
-
-        shutil.rmtree(out_dir, ignore_errors=True)  # the folder Hydra just made for the changed job: empty
-    raise SweepChanged(
-        f"resume=true: job {num} of sweep {out_dir.parent} ran as {earlier[0].name}, with other overrides "
-        f"(then: {', '.join(sorted(before - now)) or 'none'}; now: {', '.join(sorted(now - before)) or 'none'}); "
-        "resuming would train every job again beside the old ones. Re-run with the sweep's original overrides, "
-        "or start a new sweep (leave hydra.sweep.dir unset)")
+    keep = set(swept)
+    planned = []
+    for num, job in enumerate(jobs):
+        values = _by_key(job)
+        planned.append((job_folder(num, job_dirname(job, swept)), {k: v for k, v in values.items() if k in keep},
+                        _fixed_of(values, keep, may_change)))
+    by_values = {tuple(sorted(sw.items())): (name, fixed) for name, sw, fixed in planned}
+    moved, changed = [], []  # grid problems; (folder, fixed then, fixed now) of jobs whose fixed overrides differ
+    for folder, then in done.items():
+        sw = {k: v for k, v in then.items() if k in keep}
+        now = by_values.get(tuple(sorted(sw.items())))
+        if now is None:
+            moved.append(f"{folder} ({_show(sw)}) is not a job of this grid")
+        elif now[0] != folder and now[0].partition("_")[0] == folder.partition("_")[0]:  # named by every override
+            moved.append(f"{folder} is job {now[0]} in the older folder naming (rename the folder to {now[0]} "
+                         "to resume it)")
+        elif now[0] != folder:
+            moved.append(f"{folder} ({_show(sw)}) would now be job {now[0]}")
+        elif (fixed := _fixed_of(then, keep, may_change)) != now[1]:
+            changed.append((folder, fixed, now[1]))
+    if changed:
+        raise _fixed_changed(sweep, changed)
+    if moved:
+        raise SweepChanged(
+            f"resume=true: the grid of sweep {sweep} changed since its jobs ran (jobs are matched by their swept "
+            f"values and numbered in grid order): {'; '.join(moved[:5])}"
+            + (f"; and {len(moved) - 5} more" if len(moved) > 5 else "")
+            + ". Resume with the original grid (new values may be added at its end), or start a new sweep "
+            "(leave hydra.sweep.dir unset)")
 
 
 def completed_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:

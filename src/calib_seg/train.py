@@ -33,7 +33,7 @@ from calib_seg.config import CONF_DIR
 from calib_seg.errors import input_errors
 from calib_seg.lifecycle import RunRecorder, check_config, clean_exit
 from calib_seg.records import peak_memory_mb, time_per_epoch, val_summary
-from calib_seg.resume import completed_record, refuse_changed_sweep, refuse_overwrite, resume_checkpoint
+from calib_seg.resume import completed_record, refuse_overwrite, resume_checkpoint
 from calib_seg.summary import print_summary
 
 log = logging.getLogger("calib_seg.train")
@@ -177,7 +177,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     refuse_overwrite(cfg, out_dir)  # an earlier finished run in this folder is never trained over
-    refuse_changed_sweep(cfg, out_dir)  # +resume=true with changed overrides would re-run every job elsewhere
     check_config(cfg, out_dir)  # a bad key/value stops here: nothing seeded or built, run.json says failed
     done = completed_record(cfg, out_dir)  # resume=true: a job that already completed is not trained again
     if done is not None:

@@ -11,6 +11,7 @@ import pytest
 from calib_seg.metrics.predictions import calibration_of, read_predictions_csv
 from calib_seg.train import print_summary, run
 from helpers.configs import TINY_BEADS, compose_entry_cfg
+from helpers.tensorboard import load_events
 
 AREA = 0.512**2  # the seed's field of view, mm²
 
@@ -69,12 +70,8 @@ def test_one_level_test_set_records_r2_as_null_and_answers_with_the_calibration_
 
 
 def test_tensorboard_gets_the_calibration_text_and_figure(trained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     cfg, record = trained
-    acc = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"),
-                           size_guidance={"tensors": 0, "images": 0})
-    acc.Reload()
+    acc = load_events(cfg.paths.output_dir)
     assert "calibration/verdict/text_summary" in acc.Tags()["tensors"]
     assert "figures/calibration" in acc.Tags()["images"]
     text = acc.Tensors("calibration/verdict/text_summary")[0].tensor_proto.string_val[0].decode()

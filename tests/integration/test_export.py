@@ -30,6 +30,7 @@ from calib_seg.export_bioimageio import offline  # noqa: E402
 from calib_seg.predict import predict, predict_probabilities  # noqa: E402
 from calib_seg.train import run  # noqa: E402
 from helpers.configs import TINY_BEADS, compose_run_cfg  # noqa: E402
+from helpers.tensorboard import EVENT_FILES  # noqa: E402
 
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
 DENSITY_LEARN = [*TINY_BEADS, "data.source.n_per_level=24", "trainer.max_epochs=25", "task.optimizer.lr=3e-3", "~callbacks.early_stopping"]
@@ -197,7 +198,7 @@ def test_checkpoint_without_stored_normalisation_is_refused_clearly(density, tmp
     """What a checkpoint of an older calib_seg looks like: no input statistics or fitted target transform."""
     cfg, _, _ = density
     old = tmp_path / "old_run"
-    shutil.copytree(cfg.paths.output_dir, old, ignore=shutil.ignore_patterns("tensorboard"))
+    shutil.copytree(cfg.paths.output_dir, old, ignore=shutil.ignore_patterns(EVENT_FILES))
     ckpt = resolve_checkpoint(old)
     state = torch.load(ckpt, weights_only=False)
     for key in ("input_mean", "input_std", "data_fitted", "target_tf.mean", "target_tf.std", "target_tf.fitted"):

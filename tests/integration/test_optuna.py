@@ -174,6 +174,12 @@ def test_killed_sweep_resumes_to_the_requested_trials_without_repeating_finished
     # a third run of the same command has nothing left to do
     err = _finish(_sweep(*args))
     assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
+    # continuing it with a changed fixed override would mix two configurations in one study: refused, nothing run
+    proc = _sweep(*[a.replace("torch_threads=1", "torch_threads=2") for a in args], "hydra.sweeper.n_trials=5")
+    err = _finish(proc)
+    assert proc.returncode == 2, err[-3000:]
+    assert "error: continuing the Optuna study: " in err and "ran with other fixed overrides: torch_threads=1 then, 2 now" in err, err
+    assert len(_study(tmp_path).get_trials()) == 4 and "Launching" not in err
 
 
 def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tmp_path):
@@ -190,6 +196,12 @@ def test_aborted_job_is_pruned_a_failed_job_fails_and_neither_stops_the_study(tm
     assert all(t.value is None for t in trials)  # no made-up worst score
     assert "pre-flight" in trials[1].user_attrs["reason"] and trials[1].user_attrs["run_status"] == "aborted"
     assert json.loads(next(tmp_path.glob("1_*/run.json")).read_text())["status"] == "aborted"
+    for t in trials:  # a trial's folder: its number and its parameters, in search-space order; no fixed override
+        name = Path(t.user_attrs["job_dir"]).name
+        assert name.startswith(f"{t.number}_model.filters="), name
+        assert name.endswith(f"_task.optimizer.lr={t.params['task.optimizer.lr']}"
+                             f"_data.batch_size={t.params['data.batch_size']}"), name
+        assert not any(c in name for c in "[], '") and "debug" not in name and "threads" not in name
     assert "best_params: null" in (tmp_path / "optimization_results.yaml").read_text()
     report = build_report(tmp_path)
     assert "2 trial(s): 1 fail, 1 pruned." in report and "trained 0 of their 1 planned epochs" in report

@@ -26,6 +26,7 @@ from calib_seg.report import best_per_arch, build_report, collect
 from calib_seg.train import print_summary, run
 from helpers.configs import TINY_BEADS, compose_entry_cfg
 from helpers.paths import REPO
+from helpers.tensorboard import EVENT_FILES, load_events
 
 
 class AbortAfterFirstEpoch(pl.Callback):
@@ -80,12 +81,8 @@ def test_completed_run_record_has_every_field_history_and_figures(trained):
 
 
 def test_tensorboard_event_files_hold_scalars_figures_hparams_and_outcome(trained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     cfg, record = trained
-    acc = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"),
-                           size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    acc.Reload()
+    acc = load_events(cfg.paths.output_dir)
     tags = acc.Tags()
     for tag in ("train/loss", "val/loss", "val/r2", "test/r2", "lr-Adam", "hp/test/r2", "hp/best_val"):
         assert tag in tags["scalars"], tag
@@ -101,6 +98,41 @@ def test_tensorboard_event_files_hold_scalars_figures_hparams_and_outcome(traine
     experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
     assert "hp/test/r2" in {m.name.tag for m in experiment.metric_infos}
     assert "run/outcome/text_summary" in tags["tensors"]
+
+
+def test_tensorboard_run_is_named_by_the_run_with_epoch_steps_references_and_layout(trained):
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from calib_seg.callbacks.tensorboard import LAYOUT_CATEGORY
+
+    cfg, record = trained
+    out = Path(cfg.paths.output_dir)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(out)).Runs()
+    assert list(runs) == [f"{cfg.run_name}_{out.name}"]  # what TensorBoard lists for `--logdir <run folder>`
+    acc = load_events(out)
+    steps = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag in ("train/loss", "val/loss", "val/r2", "val/mae", "lr-Adam"):
+        assert steps[tag] == [1, 2], (tag, steps[tag])  # 1-based epochs, not optimizer steps
+    assert "epoch" not in steps
+    assert [e.step for e in acc.Images("figures/pred_vs_actual")] == [record["epochs"]]
+    for tag in ("test/r2", "test/r2_oracle", "test/mae_oracle", "calibration/levels_passed", "calibration/pass"):
+        assert steps[tag] == [record["epochs"]], (tag, steps[tag])
+    value = {tag: acc.Scalars(tag)[0].value for tag in steps}
+    assert value["test/r2_oracle"] == pytest.approx(record["test_metrics"]["test/r2_oracle"], rel=1e-6)
+    assert value["test/mae_oracle"] == pytest.approx(record["test_metrics"]["test/mae_oracle"], rel=1e-6)
+    levels = record["calibration"]["levels"]
+    assert value["calibration/levels_passed"] == sum(lv["passed"] for lv in levels)
+    assert value["calibration/levels"] == len(levels)
+    assert value["calibration/pass"] == float(record["calibration"]["verdict"] == "pass")
+    [config] = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    first = layout.category[0]
+    assert first.title == LAYOUT_CATEGORY
+    charts = [(c.title, list(c.multiline.tag)) for c in first.chart]
+    assert charts[0] == ("loss (train/loss, val/loss)", ["^train/loss$", "^val/loss$"])
+    assert charts[1] == ("val/r2", ["^val/r2$"])  # the optimised metric right after the losses
+    assert {t for t, _ in charts[2:-1]} == {k for k in steps if k.startswith("val/") and k not in ("val/loss", "val/r2")}
 
 
 def test_aborted_run_record_has_every_field_and_the_reason(run_cfg):
@@ -244,7 +276,7 @@ def two_job_sweep(trained, tmp_path):
     sw = tmp_path / "sw"
     for i, lr in enumerate((1e-3, 1e-2)):
         job = shutil.copytree(cfg.paths.output_dir, sw / f"{i}_task.optimizer.lr={lr}",
-                              ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+                              ignore=shutil.ignore_patterns("checkpoints", EVENT_FILES))
         rec = json.loads((job / "run.json").read_text())
         rec["choices"]["lr"] = lr
         rec["best_val"] = rec["best_val"] + i * 0.1
@@ -265,10 +297,9 @@ def test_report_on_a_real_tiny_sweep(tmp_path):
     out = subprocess.run([sys.executable, "-m", "calib_seg.train", "-m", "task.optimizer.lr=1e-3,1e-2", *tiny,
                           f"hydra.sweep.dir={root}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    # the report names jobs by what the sweep varied; the folders keep every override
-    fixed = "debug=tiny_beads,{},trainer.max_epochs=2"
-    text = _check_density_report(root, {f"0_{fixed.format('task.optimizer.lr=0.001')}": "0_task.optimizer.lr=0.001",
-                                        f"1_{fixed.format('task.optimizer.lr=0.01')}": "1_task.optimizer.lr=0.01"})
+    # job folders (and so the report's job names) are what the sweep varied, never the fixed overrides
+    text = _check_density_report(root, {"0_task.optimizer.lr=0.001": "0_task.optimizer.lr=0.001",
+                                        "1_task.optimizer.lr=0.01": "1_task.optimizer.lr=0.01"})
     assert "2 job(s) launched" in text and "## All jobs (2)" in text
 
 

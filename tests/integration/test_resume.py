@@ -165,13 +165,20 @@ def test_killed_run_resumes_in_its_folder_and_ends_with_the_uninterrupted_metric
     assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2]
 
 
+def _job_folders(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def test_rerun_sweep_with_resume_trains_only_the_job_without_a_completed_record(tmp_path):
-    args = ["-m", *TINY_BEADS, "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
+    """A real 2-job multirun (basic launcher, 1 epoch, 1 thread): folders named by the swept value only; the
+    same command with +resume=true skips the finished job in its folder; a changed fixed override is refused."""
+    args = ["-m", *TINY_BEADS, "trainer.max_epochs=1", "torch_threads=1", "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
     first = _train(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(jobs) == 2
+    jobs = _job_folders(tmp_path)
+    assert [p.name for p in jobs] == ["0_seed=1", "1_seed=2"]  # no debug=..., torch_threads=..., epochs
     keep, redo = jobs
+    assert [read_record(j)["status"] for j in jobs] == ["completed", "completed"]
     kept_record = (keep / "run.json").read_bytes()
     kept_mtime = (keep / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     (redo / "run.json").unlink()
@@ -180,19 +187,19 @@ def test_rerun_sweep_with_resume_trains_only_the_job_without_a_completed_record(
 
     again = _train(*args, "+resume=true")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")) == jobs
+    assert _job_folders(tmp_path) == jobs  # no new folder
     assert (keep / "run.json").read_bytes() == kept_record
     assert (keep / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept_mtime
     assert read_record(redo)["status"] == "completed"
     assert (redo / "checkpoints" / "last.ckpt").exists()
 
-
-def test_resume_with_a_changed_fixed_override_refuses_instead_of_rerunning_every_job(tmp_path):
-    earlier = tmp_path / "0_debug=tiny_beads,seed=1"  # the folder the sweep's job 0 ran in
-    (earlier / ".hydra").mkdir(parents=True)
-    write_record(earlier, {"status": "completed", "best_val": 0.5})
-    out = _train("-m", *TINY_BEADS, "seed=1", "torch_threads=2", f"hydra.sweep.dir={tmp_path}", "+resume=true")
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert "job 0 of sweep" in out.stderr and "then: none; now: torch_threads=2" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [earlier.name]  # no new folder left
+    # one fixed override changed: the folder names would be the same, so resume must compare what the jobs ran with
+    overrides = (keep / ".hydra" / "overrides.yaml").read_bytes()
+    changed = _train(*[a.replace("torch_threads=1", "torch_threads=2") for a in args], "+resume=true")
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "2 finished job(s) of sweep" in changed.stderr
+    assert "ran with other fixed overrides: torch_threads=1 then, 2 now" in changed.stderr
+    assert "start a new sweep (leave hydra.sweep.dir unset)" in changed.stderr and "Traceback" not in changed.stderr
+    assert changed.stderr.count("error: resume=true") == 1  # said once
+    assert _job_folders(tmp_path) == jobs and (keep / "run.json").read_bytes() == kept_record
+    assert (keep / ".hydra" / "overrides.yaml").read_bytes() == overrides  # refused before any job started

@@ -33,10 +33,15 @@ class RunFigures(pl.Callback):
         n_overlays: test images shown in the segmentation overlay figure.
         enabled: switch off without removing the callback (e.g. for benchmarks).
         calibration: thresholds of the density calibration verdict (the ``calibration`` config; defaults if None).
+        split: what the test stage runs on, named in the test figures' titles (``evaluate split=all``: "all").
+        checkpoint: the weights tested, named in the test figures (default: the checkpoint ``trainer.test``
+            loaded, i.e. the best one of a training run; none: the model's last weights).
     """
 
     def __init__(self, dirpath: str | None = None, title: str | None = None, n_overlays: int = 3,
-                 enabled: bool = True, calibration: Mapping[str, Any] | None = None) -> None:
+                 enabled: bool = True, calibration: Mapping[str, Any] | None = None, split: str = "test",
+                 checkpoint: str | None = None) -> None:
+        self.split, self.checkpoint = str(split), checkpoint
         self.dirpath = Path(dirpath) if dirpath else None
         self.calibration = dict(calibration or {})  # thresholds of the calibration verdict (config ``calibration``)
         self.title = title
@@ -53,12 +58,17 @@ class RunFigures(pl.Callback):
         return f"{self.title} [{folder}]" if self.title else folder
 
     def emit(self, trainer: pl.Trainer, name: str, fig: Any) -> None:
-        """Send one figure to every TensorBoard logger, then save it as PNG (which closes it)."""
+        """Send one figure to every TensorBoard logger, then save it as PNG (which closes it). Its step is the
+        number of epochs trained: the last epoch of the scalars' epoch axis (callbacks.tensorboard)."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step, close=False)
+                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.current_epoch, close=False)
                 logger.experiment.flush()
         self.written.append(plots.save_figure(fig, self._dir(trainer) / f"{name}.png"))
+
+    def tested_checkpoint(self, trainer: pl.Trainer) -> str | None:
+        """The checkpoint whose weights the test figures show (None: the weights in memory)."""
+        return self.checkpoint or trainer.ckpt_path
 
     def _safe(self, trainer: pl.Trainer, what: str, fn: Any) -> None:
         # a figure must never turn a finished run into a failed one: log and go on
@@ -91,8 +101,9 @@ class RunFigures(pl.Callback):
         history = self._history(trainer)
         if history:
             spec = getattr(pl_module, "spec", None)
-            score = spec.optimized_metric if spec is not None else "val/loss"
-            self.emit(trainer, "training_curves", plots.training_curves(history, self.title_for(trainer), score))
+            score, mode = (spec.optimized_metric, spec.mode) if spec is not None else ("val/loss", "min")
+            self.emit(trainer, "training_curves",
+                      plots.training_curves(history, self.title_for(trainer), score, mode=mode))
 
 
 def density_figures(figs: RunFigures, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -103,8 +114,9 @@ def density_figures(figs: RunFigures, trainer: pl.Trainer, pl_module: Any) -> No
     title = figs.title_for(trainer)
     pred, target = out["pred"], out["target"]
     dilution = out.get("dilution", np.full_like(target, np.nan))
-    figs.emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title))
-    figs.emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title))
+    where = {"split": figs.split, "checkpoint": figs.tested_checkpoint(trainer)}
+    figs.emit(trainer, "pred_vs_actual", plots.density_pred_vs_actual(pred, target, dilution, title, **where))
+    figs.emit(trainer, "residuals", plots.density_residuals(pred, target, dilution, title, **where))
     if np.all(target > 0):  # the floor and relative errors need nominal densities > 0
         from calib_seg.metrics.predictions import split_calibration
 
@@ -138,6 +150,9 @@ def segmentation_figures(figs: RunFigures, trainer: pl.Trainer, pl_module: Any) 
         if len(images) >= figs.n_overlays:
             break
     pl_module.train(was_training)
-    if images:
+    if images:  # the test loader keeps the split's order, so the first images are its first names
+        split = dm.get_split("test") if hasattr(dm, "get_split") else None
+        names = list(getattr(split, "names", None) or [])[: len(images)] or None
         figs.emit(trainer, "test_overlays", plots.segmentation_overlays(
-            images, masks, probs, title, threshold=getattr(pl_module, "threshold", 0.5)))
+            images, masks, probs, title, threshold=getattr(pl_module, "threshold", 0.5), names=names,
+            split=figs.split))

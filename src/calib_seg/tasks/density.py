@@ -49,7 +49,7 @@ SPEC = TaskSpec(
         ("mape", "MAPE [%]"), ("max_error", "max error"), ("r2_oracle", "oracle R²"),
         ("calibration", "calibration"), ("worst_level", "worst level"), ("worst_excess", "worst excess"),
         ("quantification_range", "quantification range"),
-        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"),
+        ("epochs", "epochs"), ("time_s", "time"), ("peak_rss_mb", "peak RSS [MiB]"),
         ("peak_cuda_mb", "peak CUDA [MiB]"), ("status", "status"),
     ),
     report_sections="calib_seg.report.density_sections",

@@ -106,7 +106,7 @@ SPEC = TaskSpec(
         ("job", "job"), ("arch", "architecture"), ("lr", "lr"), ("batch", "batch"),
         ("best_val", "best val Jaccard"), ("jaccard", "test Jaccard"),
         ("jaccard_all_foreground", "all-fg Jaccard"), ("dice", "test Dice"), ("best_epoch", "epochs to best"),
-        ("epochs", "epochs"), ("time_s", "time [s]"), ("peak_rss_mb", "peak RSS [MiB]"), ("status", "status"),
+        ("epochs", "epochs"), ("time_s", "time"), ("peak_rss_mb", "peak RSS [MiB]"), ("status", "status"),
     ),
     report_sections="calib_seg.report.segmentation_sections",
     report_figures="calib_seg.report.segmentation_figures",

@@ -4,7 +4,8 @@ Reuses the stock ``OptunaSweeperImpl`` for everything but the loop: search-space
 with ``choice``/``interval``/``tag(log, ...)``), sampler and direction handling, suggesting a trial's overrides.
 The loop differs in four ways (see the package docstring): ``n_trials`` is the study's total of answered trials,
 trials left RUNNING by a kill are recovered or retried, a job's outcome is read from its ``run.json``
-(aborted -> PRUNED, failed -> FAIL), and job folders are numbered by trial number.
+(aborted -> PRUNED, failed -> FAIL), and job folders are numbered by trial number and named by the
+trial's parameters only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from calib_seg.resume import check_resumed_study
+from hydra_plugins.calib_seg_basic_sweeper.sweeper import refuse_changed, swept_keys_override
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         """Run or continue the study until ``n_trials`` trials are answered (COMPLETE, PRUNED or FAIL)."""
         space, fixed = self._search_space(arguments)
+        # a continued study: its finished trials must have run with these fixed overrides (calib_seg.resume)
+        refuse_changed(check_resumed_study, self.config, [f"{k}={v}" for k, v in fixed.items()], list(space))
         directions = self._get_directions()
         if len(directions) != 1:
             raise ValueError("hydra/sweeper=calib_seg_optuna optimises one metric (optimized_metric)")
@@ -104,7 +110,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self._recover(study)
         while (todo := self.n_trials - len(answered_trials(study))) > 0:
             trials = [study.ask() for _ in range(min(todo, self.n_jobs))]
-            overrides = self._configure_trials(trials, space, fixed)
+            tag = swept_keys_override(list(space))  # the trial's folder is named by its parameters only
+            overrides = [[*ov, tag] for ov in self._configure_trials(trials, space, fixed)]
             for trial, ret in zip(trials, self._launch(trials, overrides)):
                 self._finish(study, trial, ret)
         self._save_results(study)

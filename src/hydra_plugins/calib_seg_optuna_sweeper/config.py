@@ -5,7 +5,8 @@ calib_seg's target and two options. Without hydra-optuna-sweeper installed nothi
 ``hydra/sweeper=calib_seg_optuna`` fails with Hydra's "could not find" message.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List, Optional  # noqa: UP035  (OmegaConf structured configs read typing generics)
 
 from hydra.core.config_store import ConfigStore
 
@@ -23,6 +24,8 @@ if OptunaSweeperConf is not None:
         retry_interrupted: int = 1
         # name of the run record each job writes into its own folder (its status decides COMPLETE/PRUNED/FAIL)
         run_record: str = "run.json"
+        # set by the sweeper for each trial's job (the search-space keys); names the job folder (resolvers.py)
+        swept_keys: Optional[List[str]] = field(default=None)  # noqa: UP006, UP045
 
     ConfigStore.instance().store(group="hydra/sweeper", name="calib_seg_optuna", node=CalibSegOptunaSweeperConf,
                                  provider="calib_seg")

@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 class CalibSegOptunaSweeper(Sweeper):
     """Resumable Optuna sweeper: see the package docstring and docs/sweeps.md."""
 
-    def __init__(self, retry_interrupted: int = 1, run_record: str = "run.json", **optuna_kwargs: Any) -> None:
+    def __init__(self, retry_interrupted: int = 1, run_record: str = "run.json", swept_keys: Any = None,
+                 **optuna_kwargs: Any) -> None:
         from ._impl import ResumableOptunaSweeperImpl
 
         self.sweeper = ResumableOptunaSweeperImpl(retry_interrupted=retry_interrupted, run_record=run_record,
