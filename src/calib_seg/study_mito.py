@@ -24,17 +24,20 @@ from calib_seg.study_stats import (
     part_rows,
     setup_section,
     verdict_line,
-    winner,
 )
 
 PART = "grid"
 VAL = "best val Jaccard"
+BASE = "all-foreground Jaccard"
+#: the numbers of a job the report tables and CSVs show, in this order
+METRICS = (VAL, "test Jaccard", BASE, "epochs to best", "wall time [s]")
 _CURVE = re.compile(r"^test/jaccard_t(\d\.\d+)$")
 
 
 def _metrics(r: dict[str, Any]) -> dict[str, Any]:
     tm = (r.get("_record") or {}).get("test_metrics") or {}
-    return {VAL: r.get("best_val"), "test Jaccard": r.get("jaccard"), "epochs to best": r.get("best_epoch"),
+    return {VAL: r.get("best_val"), "test Jaccard": r.get("jaccard"), BASE: r.get("jaccard_all_foreground"),
+            "epochs to best": r.get("best_epoch"),
             "wall time [s]": r.get("time_s"),
             "curve": {float(m.group(1)): v for k, v in tm.items() if (m := _CURVE.match(k)) and v is not None}}
 
@@ -70,16 +73,29 @@ def _best_section(cf: dict, best: dict) -> list[str]:
     for arch, key in best.items():
         rs = cf[key]
         rows.append({"arch": arch, "lr": key[1], "batch": key[2], "seeds": len(rs),
-                     **{k: fmt_ms(_st(rs, k)) for k in (VAL, "test Jaccard", "epochs to best", "wall time [s]")}})
+                     **{k: fmt_ms(_st(rs, k)) for k in METRICS}})
         mine = {_name(k): _st(v, VAL) for k, v in cf.items() if k[0] == arch}
         lines.append(f"- {arch}: {verdict_line(mine, VAL, lower_is_better=False)}")
     across = {a: _st(cf[k], VAL) for a, k in best.items()}
     return ["## 1. Best configuration per architecture", "", "Best = highest mean best validation Jaccard across "
-            "seeds (test Jaccard on the best checkpoint beside it).", "",
+            f"seeds (test Jaccard on the best checkpoint beside it; {BASE} = the test Jaccard of predicting every "
+            "pixel foreground, the trivial answer).", "",
             md_table(rows, [("arch", "architecture"), ("lr", "lr"), ("batch", "batch"), ("seeds", "seeds")]
-                     + [(k, k) for k in (VAL, "test Jaccard", "epochs to best", "wall time [s]")]), "",
+                     + [(k, k) for k in METRICS]), "", _baseline_line(cf), "",
             "Is the best configuration of each architecture distinguishable from its other configurations?", "",
             *lines, "", f"**Across architectures (each at its best):** {verdict_line(across, VAL, False)}", ""]
+
+
+def _baseline_line(cf: dict) -> str:
+    """How many jobs beat the trivial all-foreground answer on test Jaccard (a study of trivial models answers nothing)."""
+    jobs = [r["m"] for rs in cf.values() for r in rs if r["m"]["test Jaccard"] is not None and r["m"][BASE] is not None]
+    if not jobs:
+        return f"**Against the trivial answer:** no job recorded both test Jaccard and {BASE}."
+    above = sum(m["test Jaccard"] > m[BASE] for m in jobs)
+    base = mean_sd([m[BASE] for m in jobs])["mean"]
+    return (f"**Against the trivial answer:** {above} of {len(jobs)} jobs have a test Jaccard above the {BASE} "
+            f"({base:.3g} on average)" + ("." if above else ": no model learned more than the trivial answer, so "
+                                          "the comparisons below are between trivial models."))
 
 
 def _sensitivity(cf: dict, best: dict, axis: int, what: str, title: str) -> list[str]:
@@ -92,10 +108,9 @@ def _sensitivity(cf: dict, best: dict, axis: int, what: str, title: str) -> list
         rows.append({"arch": f"{arch} ({'batch' if axis == 1 else 'lr'} {bk[other]:g})",
                      **{f"{v:g}": fmt_ms(_st(sel[v], VAL)) if v in sel else "-" for v in values}})
         stats = {f"{what} {v:g}": _st(sel[v], VAL) for v in sel}
-        b, ties = winner(stats, lower_is_better=False)
         spread = [s["mean"] for s in stats.values() if s["mean"] is not None]
-        lines.append(f"- {arch}: range of means {max(spread) - min(spread):.3g} across {what} values; "
-                     + verdict_line(stats, VAL, lower_is_better=False))
+        lines.append(f"- {arch}: " + (f"range of means {max(spread) - min(spread):.3g} across {what} values; "
+                                      if len(spread) > 1 else "") + verdict_line(stats, VAL, lower_is_better=False))
     return [title, "", f"{VAL} mean ± sd across seeds per {what}, at each architecture's best "
             f"{'batch size' if axis == 1 else 'learning rate'} (figure: every combination).", "",
             md_table(rows, [("arch", "architecture")] + [(f"{v:g}", f"{what} {v:g}") for v in values]), "",
@@ -111,7 +126,18 @@ def _epochs_section(cf: dict, best: dict) -> list[str]:
             "each architecture's best configuration.", "",
             md_table(rows, [("arch", "architecture"), ("config", "configuration"), ("epochs", "epochs to best"),
                             ("max_epochs", "max epochs")]), "",
-            f"**Fastest to its best:** {verdict_line(stats, 'epochs to best', lower_is_better=True)}", ""]
+            f"**Fastest to its best:** {verdict_line(stats, 'epochs to best', lower_is_better=True)}", "",
+            _still_improving(cf), ""]
+
+
+def _still_improving(cf: dict) -> str:
+    """How many jobs had their best checkpoint at their last epoch (epochs to best then measures the budget)."""
+    last = [r for rs in cf.values() for r in rs
+            if r["m"]["epochs to best"] is not None and r["m"]["epochs to best"] == r.get("epochs")]
+    n = sum(len(rs) for rs in cf.values())
+    return (f"{len(last)} of {n} jobs had their best checkpoint at their last epoch" +
+            (": they were still improving, so their epochs to best is the epoch budget, not convergence."
+             if last else "."))
 
 
 def _threshold_section(cf: dict, best: dict) -> list[str]:
@@ -148,7 +174,7 @@ def build_mito_report(study_dir: str | Path, meta: dict[str, Any] | None = None,
                                        for r in left] or ["none"]) + [""]
     jobs = [{"job": r["job"].split("_", 1)[0], "arch": k[0], "lr": k[1], "batch": k[2],
              "seed": ((r.get("_record") or {}).get("choices") or {}).get("seed"), "status": r["status"],
-             **{m: r["m"][m] for m in (VAL, "test Jaccard", "epochs to best", "wall time [s]")}}
+             **{m: r["m"][m] for m in METRICS}}
             for k, rs in cf.items() for r in rs]
     md += [f"## Every job ({len(jobs)}, numbers from its run.json)", "",
            md_table(jobs, [(c, c) for c in (jobs[0] if jobs else {"job": 0})]), ""]
@@ -158,8 +184,7 @@ def build_mito_report(study_dir: str | Path, meta: dict[str, Any] | None = None,
         figs = mito_figures(study_dir / FIG_DIR, cf, best, VAL)
         md += ["## Figures", ""] + [f"### {cap}\n\n![{cap}]({FIG_DIR}/{name})\n" for cap, name in figs]
     conf_rows = [{"arch": k[0], "lr": k[1], "batch": k[2], "seeds": len(rs),
-                  **{f"{m} {s}": _st(rs, m)[s] for m in (VAL, "test Jaccard", "epochs to best", "wall time [s]")
-                     for s in ("mean", "sd")}} for k, rs in cf.items()]
+                  **{f"{m} {s}": _st(rs, m)[s] for m in METRICS for s in ("mean", "sd")}} for k, rs in cf.items()]
     text = "\n".join(md).rstrip() + "\n"
     atomic_write_text(study_dir / "study_jobs.csv", csv_text(jobs))
     atomic_write_text(study_dir / "study_configs.csv", csv_text(conf_rows))

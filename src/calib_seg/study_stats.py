@@ -119,6 +119,9 @@ def verdict_line(stats: dict[str, dict[str, Any]], metric: str, lower_is_better:
     best, ties = winner(stats, lower_is_better)
     if not ties:
         return f"**{NOT_ANSWERABLE}**: no configuration has a {metric}."
+    if len(ties) == 1 and best is None:
+        return (f"**{NOT_ANSWERABLE}**: only one configuration ({ties[0]}, {fmt_ms(stats[ties[0]])}) has a {metric}: "
+                "nothing to compare.")
     if best is not None:
         return (f"**{best}** is best on {metric} ({fmt_ms(stats[best])}), beyond seed-to-seed noise of every "
                 f"other configuration.")

@@ -21,7 +21,7 @@ def _job(sweep: Path, num: int, arch: str, lr: float, batch: int, seed: int, val
     rec = {"status": "completed", "task": "segmentation", "best_val": val, "best_epoch": epoch, "epochs": 5,
            "optimized_metric": "val/jaccard", "wall_time_s": 10.0 + num,
            "choices": {"model": arch, "lr": lr, "batch_size": batch, "seed": seed, "max_epochs": 5},
-           "test_metrics": {"test/jaccard": val - 0.01, **curve}, "data_fingerprint": {"sha256": "e" * 64},
+           "test_metrics": {"test/jaccard": val - 0.01, "test/jaccard_all_foreground": 0.65, **curve}, "data_fingerprint": {"sha256": "e" * 64},
            "provenance": {"git_commit": "c" * 40, "git_dirty": False, "versions": {"calib_seg": "0.1"}}}
     (job / "run.json").write_text(json.dumps(rec))
 
@@ -48,6 +48,14 @@ def test_mito_report_sections_best_per_architecture_and_record_numbers(tmp_path)
     assert "- unet: **unet lr 0.001 batch 8** is best" in sec1
     assert f"- attention_unet: **{NOT_ANSWERABLE}**" in sec1
     assert "**Across architectures (each at its best):** **unet** is best" in sec1
+    # test Jaccard = val - 0.01 against an all-foreground 0.65: unet lr 1e-4 (0.59..0.61) and one attention_unet
+    # lr 1e-3 job (0.64) do not beat it
+    assert "**Against the trivial answer:** 8 of 12 jobs have a test Jaccard above the all-foreground Jaccard" in sec1
+    # every job at batch 8: batch size cannot be answered, and no batch size is named best
+    sec3 = text.split("## 3.")[1].split("## 4.")[0]
+    assert f"- unet: **{NOT_ANSWERABLE}**: only one configuration (batch 8" in sec3 and "is best" not in sec3
+    # best epoch = seed + 2 of 5 for unet: its two seed-3 jobs peaked at their last epoch
+    assert "2 of 12 jobs had their best checkpoint at their last epoch: they were still improving" in text
     configs = {(r["arch"], float(r["lr"])): r for r in csv.DictReader((folder / "study_configs.csv").open())}
     for key, v in vals.items():
         assert float(configs[key]["best val Jaccard mean"]) == pytest.approx(np.mean(v))
