@@ -161,6 +161,11 @@ def _probe_table(previous: dict) -> str | None:
     return previous.get("probe_table_md")
 
 
+def _shown(overrides: list[str]) -> str:
+    """Overrides as a reader types them: the shared folder as ``../shared`` (beside the clone)."""
+    return " ".join(overrides).replace(str(common.SHARED), "../shared")
+
+
 def render(load0: list[float], t0: float) -> None:
     """Write the B5 section (results.json/md) from every cached row; rows not run yet are listed as such."""
     rows = [json.loads(line) for line in CACHE.read_text().splitlines()] if CACHE.exists() else []
@@ -196,8 +201,8 @@ def render(load0: list[float], t0: float) -> None:
             f"\n{len(stopped)} of {len(repro)} reproductions stopped at epoch <= 1 (all at epoch 0 by the pre-flight "
             f"here: {spent} epochs trained). Compute saved against the seed: it trained 4 runs x 50 epochs = "
             f"{SEED_RUNS * SEED_EPOCHS} epochs of a failed study; with the guard the same 4 runs cost 4 pre-flights "
-            f"(the pre-flight itself {min(r['preflight_s'] for r in repro):.1f}-"
-            f"{max(r['preflight_s'] for r in repro):.1f} s; a whole reproduction, data simulation and set-up "
+            f"(the pre-flight itself {max(r['preflight_s'] for r in repro):.1f} s at most; a whole reproduction, "
+            f"data simulation and set-up "
             f"included, {worst:.0f} s at most) and 0 of the {SEED_RUNS * SEED_EPOCHS} epochs: 100 % of the training "
             f"epochs saved. The `_literal` presets run the seed's batch 256 (C01) and 96 (C04) on its image count: "
             f"{density_steps(256)} and {density_steps(96)} optimizer steps per epoch here (the bead loader drops a "
@@ -217,9 +222,11 @@ def render(load0: list[float], t0: float) -> None:
         f"the preset at batch {CPU_BATCH} and at the seed's literal batch; final metric test R² (the final check "
         f"runs on it). Mito rows: `{' '.join(MITO)}` ({MITO_STEPS} steps per epoch instead of the preset's 32: at "
         f"epoch 5, where the rules start, the run has had 50 steps, not 160, so this is the harder case for the "
-        f"guard); lucchi4 = `{' '.join(LUCCHI4)}` (the README's real-data command: 3 training slices, 1 whole "
-        f"validation slice, the test slice); lucchi42 = `{' '.join(LUCCHI42_FLAT)}` (30 train | 6 val | 6 test "
-        f"slices as contiguous blocks); synthetic = `data=mito_synth`. Final metric test Jaccard at threshold "
+        f"guard); lucchi4 = `{_shown(LUCCHI4)}` (the README's real-data command: of the 3 slices in `train/`, "
+        f"2 train and 1 is held out whole for validation; the `test/` slice is the test); lucchi42 = "
+        f"`{_shown(LUCCHI42_FLAT)}` (32 train | 6 val | 4 test "
+        f"slices, contiguous blocks in name order); synthetic = `data=mito_synth`. Final metric test Jaccard at "
+        f"threshold "
         f"0.5. Seeds {', '.join(map(str, SEEDS))} (`seed=`; 42 is the default). One run at a time, "
         f"`torch_threads=1`, on 2 cores shared with other work (load average per row in `results.json`).\n\n")
     parts.append(common.md_table(
@@ -268,7 +275,8 @@ def render(load0: list[float], t0: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="(the sizes are CPU sizes either way)")
-    ap.add_argument("--groups", nargs="*", default=None, help="repro seed1 seeds23 (the default, in this order) and lr_too_high (guard off, not a guard row)")
+    ap.add_argument("--groups", nargs="*", default=None,
+                    help="repro seed1 seeds23 (the default, in this order); lr_too_high (guard off, not a guard row)")
     ap.add_argument("--only", nargs="*", default=None, help="row names to (re)run")
     ap.add_argument("--render", action="store_true", help="only re-render the section from the cached runs")
     ap.add_argument("--missing", action="store_true", help="skip rows already cached")
