@@ -241,6 +241,15 @@ def render(load0: list[float], t0: float) -> None:
           f(r["time_per_epoch_s"], 1), (r.get("load_avg") or ["-"])[0]] for r in healthy]))
     n_false = sum(r["status"] == "aborted" for r in healthy)
     missing = [n for n in planned if n not in latest]
+    weak = [r for r in healthy if r["status"] == "completed" and r["final_metric"][1] is not None
+            and "r2" in r["final_metric"][0] and r["final_metric"][1] < 0.1]
+    if weak:
+        parts.append("\nCompleted without having learned (not a guard decision: early stopping ended them before "
+                     "`min_steps`, and the final check passes a test R² >= 0): "
+                     + "; ".join(f"{r['name']} (test R² {r['final_metric'][1]:.4f} after {r['epochs']} epochs of "
+                                 f"{planned[r['name']][0]} step)" for r in weak)
+                     + ". At 1 optimizer step per epoch val R² stayed ~0 while the training loss fell (BatchNorm "
+                     "running statistics lag, see docs/guard.md).\n")
     parts.append(f"\n{n_false} false aborts in {len(healthy)} healthy runs ({len(healthy)} of the {len(planned)} "
                  f"planned rows ran).\n")
     if missing:
