@@ -20,7 +20,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "_work"
-SHARED = REPO.parent / "shared"
+#: the shared data folder beside the clone; CALIB_SEG_SHARED points elsewhere (e.g. from a git worktree)
+SHARED = Path(os.environ.get("CALIB_SEG_SHARED", REPO.parent / "shared"))
 LUCCHI = SHARED / "data" / "lucchi_train"
 RESULTS_JSON = BENCH_DIR / "results.json"
 RESULTS_MD = BENCH_DIR / "results.md"

@@ -195,7 +195,7 @@ def judge(m: Mapping[str, Any], *, max_probe_ratio: float | Mapping[str, float] 
         max_probe_ratio = float(max_probe_ratio.get(m.get("task_name"), max_probe_ratio[m["task"]]))
     if not ratio <= max_probe_ratio:
         return (f"pre-flight fit probe: loss on one training batch went {l0:.4g} -> {l1:.4g} in {steps} steps "
-                f"(ratio {ratio:.3g} > {max_probe_ratio:g}; max {lmax:.4g}): this configuration cannot fit even "
+                f"(ratio {ratio:.4g} > {max_probe_ratio:g}; max {lmax:.4g}): this configuration cannot fit even "
                 f"one batch")
     for when in ("initial", "final"):
         frac = m[f"clamp_fraction_{when}"]
