@@ -210,7 +210,9 @@ def main() -> None:
     base = Path(dirs.get("base") or next(iter(dirs.values())))
     prev = common.read_results().get("B2e") or {}
     reuse = args.reuse and (prev.get("base_run") == str(base) or f"base={base}" in prev.get("command", ""))
-    inference = prev.get("inference") if reuse else {} if args.no_inference else inference_ablation(base)
+    inference = ({k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
+                  for k, v in prev.get("inference", {}).items()} if reuse
+                 else {} if args.no_inference else inference_ablation(base))
     otsu = prev.get("otsu") if reuse else None if args.no_otsu else otsu_row(base)
     res = {"runs": runs, "base_run": str(base), "inference": inference, "otsu": otsu,
            "command": common.command_line(),

@@ -135,6 +135,7 @@ def test_task_config_builds_task_with_adam_and_plateau_scheduler_on_val_jaccard(
 def test_one_cycle_schedule_spans_exactly_the_runs_step_budget():
     cfg = _task_cfg("one_cycle")
     s = cfg.scheduler
+    assert s.max_lr == cfg.optimizer.lr  # task.optimizer.lr sets the peak: an lr override is never silently ignored
     task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
     task._trainer = SimpleNamespace(estimated_stepping_batches=15)  # what Lightning reports for 3 epochs x 5 batches
     conf = task.configure_optimizers()
