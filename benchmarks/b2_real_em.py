@@ -14,7 +14,9 @@ Curve width: span of the thresholds 0.1..0.9 whose Jaccard is >= 90 % of the cur
 depends less on the exact threshold).
 
     .venv/bin/python benchmarks/b2_real_em.py --train --epochs 3            # trains every ablation, then scores
+    .venv/bin/python benchmarks/b2_real_em.py --train --only base focal --data DIR   # some of them, other folder
     .venv/bin/python benchmarks/b2_real_em.py --run base=DIR --run elastic=DIR ...   # score finished runs
+    .venv/bin/python benchmarks/b2_real_em.py --run base=DIR --run plateau=DIR --reuse   # inference/Otsu kept
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import torch
 from classical import OtsuSegmenter, jaccard_dice
 
 DATA = common.SHARED / "data" / "lucchi_epfl_train"
-BASE = ["experiment=mito_lucchi_cpu", f"data.source.root={DATA}", "logger=none"]
+BASE = ["experiment=mito_lucchi_cpu", "logger=none"]
 #: ablation name -> overrides on top of BASE (one change each against ``base``)
 ABLATIONS = {
     "base": [],
+    "plateau": ["task/scheduler=plateau", "task.scheduler.patience=3"],  # the preset's schedule before one_cycle
     "elastic": ["data.augment={_target_:calib_seg.data.augment.PairAugment,elastic_alpha:6}"],
     "focal": ["task.loss=focal"],
 }
@@ -49,11 +52,12 @@ def curve_width(curve: dict[float, float], frac: float = 0.9) -> float:
     return max(kept) - min(kept)
 
 
-def train(name: str, overrides: list[str], epochs: int, out: Path, threads: int | None) -> Path:
+def train(name: str, overrides: list[str], epochs: int, out: Path, threads: int | None, data: Path = DATA) -> Path:
     """One CLI training run (``threads``, else torch_threads 2 if the load is < 3, else 1); returns its folder."""
     load = common.load_avg()
     threads = threads or (2 if load[0] < 3 else 1)
-    cmd = [sys.executable, "-m", "calib_seg.train", *BASE, *overrides, f"trainer.max_epochs={epochs}",
+    cmd = [sys.executable, "-m", "calib_seg.train", *BASE, f"data.source.root={data}", *overrides,
+           f"trainer.max_epochs={epochs}",
            f"torch_threads={threads}", f"hydra.run.dir={out / name}"]
     print("B2e:", " ".join(cmd[1:]), f"(load {load})", flush=True)
     t0 = time.perf_counter()
@@ -114,10 +118,15 @@ def inference_ablation(run_dir: Path) -> dict:
     for label, (thr, tta, pp) in settings.items():
         t0 = time.perf_counter()
         choice = select_inference(plain, val, thr, tta, pp)  # chosen on validation only
+        # the test block at that choice; its Jaccard at CURVE's thresholds too (a diagnostic curve, chooses nothing)
         on_test = select_inference(plain, test, choice["threshold"], choice["tta"], choice["postprocess"])
+        curve = {r["threshold"]: r["val_jaccard"] for r in
+                 select_inference(plain, test, AUTO, choice["tta"], choice["postprocess"], thresholds=CURVE)[
+                     "candidates"]}
         rows[label] = {"val_jaccard": choice["val_jaccard"], "test_jaccard": on_test["val_jaccard"],
                        "threshold": choice["threshold"], "postprocess": choice["postprocess"],
-                       "tta": choice["tta"], "seconds": time.perf_counter() - t0}
+                       "tta": choice["tta"], "test_curve": curve, "curve_width": curve_width(curve),
+                       "seconds": time.perf_counter() - t0}
         print("B2e inference:", label, rows[label], flush=True)
     return rows
 
@@ -164,9 +173,11 @@ def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1,
                                                                               for r in runs))
     if inference:
         parts.append("\n### Inference choices on the base weights (chosen on val, then applied to test)\n")
-        parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing"],
-                                     [[k, v["val_jaccard"], v["test_jaccard"], v["threshold"],
-                                       v["postprocess"]] for k, v in inference.items()]))
+        parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing",
+                                      "test J @0.3 / 0.5 / 0.7", "curve width (>= 90 % of peak)"],
+                                     [[k, v["val_jaccard"], v["test_jaccard"], v["threshold"], v["postprocess"],
+                                       " / ".join(f"{v['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)),
+                                       v["curve_width"]] for k, v in inference.items()]))
     if otsu:
         parts.append(f"\nOtsu + morphology (tuned on the {otsu['n_train']} training slices): test J "
                      f"{otsu['test_jaccard']:.3f}; all-foreground: {otsu['all_foreground']:.3f}.")
@@ -181,19 +192,30 @@ def main() -> None:
                     help="torch threads of every run (default: 2 if the load is < 3, else 1; thread counts change "
                          "the numerics, so compare runs at one count)")
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR of a finished run to score")
+    ap.add_argument("--data", type=Path, default=DATA, help=f"the 42-slice folder (default {DATA})")
+    ap.add_argument("--only", nargs="*", default=None, help="train only these ABLATIONS (default: all)")
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--no-otsu", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take the inference and Otsu tables from results.json when they were scored on the same "
+                         "base run (e.g. after adding an ablation run)")
     args = ap.parse_args()
     load0, t0 = common.load_avg(), time.perf_counter()
     dirs = dict(r.split("=", 1) for r in args.run)
     if args.train:
         out = common.WORK / "b2e" / time.strftime("%Y%m%d-%H%M%S")
-        dirs.update({name: str(train(name, ov, args.epochs, out, args.threads)) for name, ov in ABLATIONS.items()})
+        dirs.update({name: str(train(name, ov, args.epochs, out, args.threads, args.data))
+                     for name, ov in ABLATIONS.items() if args.only is None or name in args.only})
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
     base = Path(dirs.get("base") or next(iter(dirs.values())))
-    inference = {} if args.no_inference else inference_ablation(base)
-    otsu = None if args.no_otsu else otsu_row(base)
-    res = {"runs": runs, "inference": inference, "otsu": otsu, "command": common.command_line(),
+    prev = common.read_results().get("B2e") or {}
+    reuse = args.reuse and (prev.get("base_run") == str(base) or f"base={base}" in prev.get("command", ""))
+    inference = ({k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
+                  for k, v in prev.get("inference", {}).items()} if reuse
+                 else {} if args.no_inference else inference_ablation(base))
+    otsu = prev.get("otsu") if reuse else None if args.no_otsu else otsu_row(base)
+    res = {"runs": runs, "base_run": str(base), "inference": inference, "otsu": otsu,
+           "command": common.command_line(),
            "load_avg_start": load0, "load_avg_end": common.load_avg()}
     common.write_section("B2e", res, markdown(runs, inference, otsu, load0, res["load_avg_end"],
                                               time.perf_counter() - t0))

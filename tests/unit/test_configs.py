@@ -19,7 +19,8 @@ CONFIGS = sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.y
 # groups that only make sense together with the segmentation task (validation refuses a density model on EM)
 SEG = ["task=segmentation", "model=unet", "data=mito_synth", "optimized_metric=val/jaccard", "task_name=mito"]
 SEG_OPTIONS = {"data/mito_synth", "data/mito_epfl", "data/mito_folder", "task/segmentation", "model/unet",
-               "model/attention_unet", "model/attention_resunet", "model/smp", "debug/tiny_mito"}
+               "model/attention_unet", "model/attention_resunet", "model/smp", "debug/tiny_mito",
+               "task/scheduler/plateau", "task/scheduler/one_cycle"}
 # base presets: shared settings other presets extend (`defaults: [- <base>]`); never selected by a documented command
 BASES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*_base.yaml"))
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if p.stem not in BASES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,17 +113,48 @@ def test_model_configs_start_with_a_comment_and_instantiate_offline(no_network, 
     assert model.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+def _task_cfg(scheduler: str):
+    """conf/task/segmentation.yaml's task node with the LR schedule of conf/task/scheduler/<scheduler>.yaml."""
+    return OmegaConf.merge(*(OmegaConf.load(CONF / "task" / f) for f in ("segmentation.yaml",
+                                                                         f"scheduler/{scheduler}.yaml"))).task
+
+
 def test_task_config_builds_task_with_adam_and_plateau_scheduler_on_val_jaccard():
-    cfg = OmegaConf.load(CONF / "task" / "segmentation.yaml").task  # the file sets task_name/optimized_metric too
-    assert (CONF / "task" / "segmentation.yaml").read_text().startswith("# ")
+    assert "/task/scheduler: plateau" in (CONF / "task" / "segmentation.yaml").read_text()  # the default schedule
+    cfg = _task_cfg("plateau")
     task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
     conf = task.configure_optimizers()
     assert isinstance(conf["optimizer"], torch.optim.Adam)
     assert conf["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3)
     sched = conf["lr_scheduler"]
     assert isinstance(sched["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
-    assert sched["scheduler"].mode == "max" and sched["monitor"] == "val/jaccard"
+    assert sched["scheduler"].mode == "max" and sched["monitor"] == "val/jaccard" and sched["interval"] == "epoch"
     assert task.hparams.loss == "focal" and "model" not in task.hparams
+
+
+def test_one_cycle_schedule_spans_exactly_the_runs_step_budget():
+    cfg = _task_cfg("one_cycle")
+    s = cfg.scheduler
+    assert s.max_lr == cfg.optimizer.lr  # task.optimizer.lr sets the peak: an lr override is never silently ignored
+    task = instantiate(cfg, model=UNet(base_filters=4, depth=2))
+    task._trainer = SimpleNamespace(estimated_stepping_batches=15)  # what Lightning reports for 3 epochs x 5 batches
+    conf = task.configure_optimizers()
+    sched, opt = conf["lr_scheduler"]["scheduler"], conf["optimizer"]
+    assert conf["lr_scheduler"]["interval"] == "step" and sched.total_steps == 15
+    lrs = []
+    for _ in range(15):  # Lightning steps an interval="step" scheduler after every optimizer step
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(s.max_lr / s.div_factor)
+    peak = lrs.index(max(lrs))
+    assert max(lrs) <= s.max_lr * (1 + 1e-9) and 0 < peak < 14  # warms up, then decays within the run
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    # the last step is at the end of the cosine, ~max_lr / (div_factor x final_div_factor), not mid-schedule
+    assert lrs[-1] < s.max_lr / s.div_factor / 10
+    task._trainer = SimpleNamespace(estimated_stepping_batches=float("inf"))  # max_epochs=-1 and no max_steps
+    with pytest.raises(ValueError, match="finite budget"):
+        task.configure_optimizers()
 
 
 MITO_PRESETS = ["mito_quick", "mito_unet", "mito_attention_unet", "mito_attention_resunet"]

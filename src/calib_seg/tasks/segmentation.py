@@ -14,6 +14,8 @@ about the foreground fraction of the data. Here:
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,13 +70,17 @@ def build_loss(name: str) -> nn.Module:
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
+def _unwrap(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """The class/function behind a ``functools.partial`` factory (Hydra wraps partial targets once more)."""
+    func = getattr(factory, "func", factory)
+    return getattr(func, "target", func)
+
+
 def _describe(factory: Callable[..., Any] | None) -> str | None:
     """Plain-string description of a ``functools.partial`` factory, e.g. ``"torch.optim.adam.Adam(lr=0.001)"``."""
     if factory is None:
         return None
-    func = getattr(factory, "func", factory)
-    # Hydra wraps partial targets; unwrap to the real class/function for a readable name.
-    func = getattr(func, "target", func)
+    func = _unwrap(factory)
     name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}".lstrip(".")
     kwargs = ", ".join(f"{k}={v!r}" for k, v in getattr(factory, "keywords", {}).items())
     return f"{name}({kwargs})"
@@ -309,16 +315,28 @@ class SegmentationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
+        """Optimizer and scheduler. A scheduler taking ``total_steps`` (``OneCycleLR``, ``task/scheduler=one_cycle``)
+        is stepped every batch over the run's whole budget (``trainer.estimated_stepping_batches``: max_epochs x
+        batches per epoch, or max_steps); any other steps once per epoch (a plateau scheduler watching
+        ``scheduler_monitor``)."""
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        per_step = "total_steps" in inspect.signature(_unwrap(self.scheduler_factory)).parameters
+        if per_step:
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError("a per-step schedule (total_steps) needs a finite budget: trainer.max_epochs or "
+                                 "trainer.max_steps")
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total))
+        else:
+            scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "monitor": self.hparams.scheduler_monitor,
-                "interval": "epoch",
+                "interval": "step" if per_step else "epoch",
                 "frequency": 1,
             },
         }
