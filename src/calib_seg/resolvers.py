@@ -9,13 +9,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-
-def _safe_name(text: str, max_len: int = 200) -> str:
-    """A job-folder-safe version of an override string (no slashes or shell-hostile characters)."""
-    text = re.sub(r"[^A-Za-z0-9_.,=\-\[\]]+", "_", str(text)).strip("_")
-    return text[:max_len] or "default"
-
-
 #: the longest job-folder name after ``<num>_`` (below the 255-byte file-name limit of common file systems)
 MAX_DIRNAME = 200
 
@@ -84,8 +77,6 @@ def register() -> None:
         # cached: the sweep folder is resolved once in the launcher and the cache is copied into every job's
         # config (Hydra's copy_cache), so all jobs of a sweep agree on the suffix while two sweeps never do.
         OmegaConf.register_new_resolver("uniq", lambda: secrets.token_hex(3), use_cache=True)
-    if not OmegaConf.has_resolver("safe_name"):
-        OmegaConf.register_new_resolver("safe_name", _safe_name)
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", _job_dirname)
     if not OmegaConf.has_resolver("is_interactive"):
