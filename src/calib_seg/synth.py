@@ -2,9 +2,12 @@
 
     python -m calib_seg.synth beads --out DIR [--preset beads_synth|beads_seed] [--n-per-level N] [--seed S]
     python -m calib_seg.synth mito  --out DIR [--n-train N --n-val N --n-test N --size PX --seed S]
+    python -m calib_seg.synth dots  --out DIR [--n N --size PX --seed S]
 
 The bead set is read back by ``data=beads_folder data.source.root=DIR``; the mito set by
-``data=mito_folder data.source.root=DIR``.
+``data=mito_folder data.source.root=DIR``. The dots set (synthetic fluorescence cells, flat ``images/`` +
+``dots/``) is the stand-in of the dot-annotated counting protocol, ``benchmarks/b8_counting_protocol.py --data DIR``;
+``data=point_folder`` reads it once split into ``DIR/{train,test}/``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ def _mito(args: argparse.Namespace) -> Path:
     return out
 
 
+def _dots(args: argparse.Namespace) -> Path:
+    from calib_seg.data.simulators.cells import write_dots_folder
+
+    out = Path(args.out)
+    summary = write_dots_folder(out, n=args.n, size=args.size, seed=args.seed)
+    counts = list(summary["counts"].values())
+    print(f"wrote {args.n} synthetic cell images ({args.size}x{args.size} px RGB, {min(counts)}..{max(counts)} "
+          f"cells each) with their dots images to {out} (flat images/ + dots/, see README.txt)\nrun the counting "
+          f"protocol on it with: .venv/bin/python benchmarks/b8_counting_protocol.py --data {out.resolve()}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m calib_seg.synth", description=__doc__,
@@ -82,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--size", type=int, default=512)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_mito)
+    d = sub.add_parser("dots", help="synthetic fluorescence cells in the dot-annotated counting format "
+                       "(flat images/ + dots/, one red pixel per cell)")
+    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--n", type=int, default=200)
+    d.add_argument("--size", type=int, default=256)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_dots)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
