@@ -36,6 +36,7 @@ SECTION_TITLES = {
     "B5": "B5 guard savings",
     "B6": "B6 inference",
     "B7": "B7 HPO: Optuna against the grid",
+    "B8": "B8 dot-annotated counting protocol",
 }
 
 
