@@ -112,13 +112,18 @@ def test_a_folder_with_an_image_but_no_dots_is_an_error(dot_folder):
         b8.list_stems(dot_folder)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a real (1-epoch) training run: plumbing only, it cannot show learning
 def test_tiny_protocol_end_to_end_writes_a_row_with_test_metrics(dot_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(b8.common, "WORK", tmp_path / "work")
     stems = b8.list_stems(dot_folder)
     pool, test = b8.split_pool_test(stems)
     counts = b8.read_counts(dot_folder, stems)
     settings = {"crop": 16, "batch": 2, "seed": 0, "extra": [], "epochs": 1}
-    row = b8.run_one(dot_folder, "tiny", 2, 0, b8.draw_training(pool, 2, 0), test, counts, settings)
-    assert row["status"] == "completed" and np.isfinite(row["count_mae"]) and row["baseline_mae"] >= 0
+    train = b8.draw_training(pool, 4, 0)  # 3 train + 1 validation image (the target transform needs 2)
+    row = b8.run_one(dot_folder, "tiny", 4, 0, train, test, counts, settings)
+    # one epoch on 3 tiny images may end below the final check's test R² (status aborted): tested all the same
+    assert row["status"] == "completed" or "final check" in row["reason"]
+    assert np.isfinite(row["count_mae"]) and np.isfinite(row["loc_f1"])
+    assert row["baseline_mae"] == pytest.approx(b8.trivial_baseline([counts[s] for s in train],
+                                                                    [counts[s] for s in test])["mae"])
     json.dumps(row)  # the cache line is plain JSON
