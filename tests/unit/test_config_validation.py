@@ -53,7 +53,15 @@ def test_shipped_configs_are_valid(experiment):
         (["data.batch_size=abc"], "data.batch_size: expected an integer > 0, got 'abc' (str)"),
         (["data.batch_size=8.5"], "data.batch_size: expected an integer > 0, got 8.5 (float)"),
         (["trainer.max_epochs=true"], "trainer.max_epochs: expected an integer > 0, got True (bool)"),
-        (["task.loss=mae"], "task.loss: unknown value 'mae' (did you mean 'mse'?); allowed: mse, huber"),
+        (["task.loss=mae"],
+         "task.loss: unknown value 'mae' (did you mean 'mse'?); allowed: mse, huber, poisson_weighted"),
+        (["task/scheduler=plateau"], "task.scheduler.mode: 'max', but the plateau scheduler watches 'val/loss' "
+         "(task.scheduler_monitor), which should fall; set task.scheduler.mode=min"),
+        ([*SEG, "task.scheduler.mode=min"], "task.scheduler.mode: 'min', but the plateau scheduler watches "
+         "'val/jaccard' (task.scheduler_monitor), which should rise; set task.scheduler.mode=max"),
+        (["task.loss=poisson_weighted", "task.target_transform=log_standardize"],
+         "task.loss: 'poisson_weighted' weighs errors on a linear target; with task.target_transform=log_standardize "
+         "use task.loss=mse"),
         (["task.target_transform=log"],
          "task.target_transform: unknown value 'log'; allowed: standardize, log_standardize, none"),
         (["model.norm=layer"], "model.norm: unknown value 'layer'; allowed: batch, group, none"),
@@ -77,6 +85,13 @@ def test_each_bad_value_is_named_with_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(config(overrides))
     assert message in str(err.value)
+
+
+def test_every_schedule_option_is_valid_for_density_with_a_plateau_minimising_its_loss():
+    for overrides in (["task/scheduler=one_cycle"], ["task/scheduler=cosine"],
+                      ["task/scheduler=plateau", "task.scheduler.mode=min"],
+                      ["model=density_map", "task/scheduler=one_cycle"], ["task.loss=poisson_weighted"]):
+        validate(config(overrides))
 
 
 def test_auto_inference_options_and_an_augment_node_are_valid():

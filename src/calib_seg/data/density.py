@@ -206,6 +206,10 @@ class DensityDataModule(SplitLoaders):
         beads = self.prepare()
         return beads.density[self.split.train]
 
+    def fov_area_mm2(self) -> float | None:
+        """Field-of-view area of one image in mm² (None when the pixel size is unknown)."""
+        return self.prepare().fov_area_mm2
+
     def train_pixel_stats(self, max_images: int = 64) -> tuple[float, float]:
         """Mean and std of training pixels in [0, 1] units (to standardise the network input)."""
         beads = self.prepare()

@@ -13,10 +13,11 @@ from torch import nn
 from torchmetrics.aggregation import CatMetric
 
 from calib_seg.metrics.collections import log_stage, stage_metrics
+from calib_seg.tasks.optim import configure
 from calib_seg.tasks.spec import Headline, TaskSpec
 from calib_seg.tasks.transforms import TargetTransform
 
-LOSSES = ("mse", "huber")
+LOSSES = ("mse", "huber", "poisson_weighted")
 #: what the task keeps per evaluated image: prediction, nominal density, dilution, realised count, image index
 _STORED = ("pred", "target", "dilution", "count", "index")
 
@@ -65,7 +66,12 @@ class DensityRegressionTask(pl.LightningModule):
         optimizer: partial optimizer, called with ``params=``.
         scheduler: partial LR scheduler called with ``optimizer=``, or None.
         target_transform: ``standardize`` (default), ``log_standardize``, or ``none`` (raw targets, seed failure).
-        loss: ``mse`` (default) or ``huber``, on the transformed target.
+        loss: ``mse`` (default) or ``huber``, on the transformed target; or ``poisson_weighted``: the squared error
+            on the transformed target weighted, per image, by the inverse Poisson variance of its count,
+            ``1 / (density x FOV area + 1)``, the weights scaled to mean 1 over the training split. Plain MSE lets the
+            dense images dominate (a 15 beads/mm² image weighs nothing beside a 7964 one); inverse-variance
+            weighting is the least-squares form of the Poisson likelihood, so every dilution is fitted to its own
+            counting noise. Needs the FOV area (a known pixel size).
         normalize_input: standardise pixels with the training split's mean/std (stored in the checkpoint).
         scheduler_monitor: metric a plateau scheduler watches.
     """
@@ -94,6 +100,10 @@ class DensityRegressionTask(pl.LightningModule):
         self.register_buffer("input_mean", torch.tensor(0.0))
         self.register_buffer("input_std", torch.tensor(1.0))
         self.register_buffer("data_fitted", torch.tensor(False))
+        # poisson_weighted: FOV area (mm²) and the mean training weight; refitted from the data in every setup
+        # (not saved: checkpoints of every loss keep one layout), 0 = not fitted
+        self.register_buffer("fov_area", torch.tensor(0.0), persistent=False)
+        self.register_buffer("weight_norm", torch.tensor(1.0), persistent=False)
         self.val_metrics = stage_metrics("density", "val")
         self.test_metrics = stage_metrics("density", "test")
         # per-image predictions of each split (gathered over DDP ranks) for the guard (collapse rule), figures and
@@ -109,7 +119,11 @@ class DensityRegressionTask(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Fit the target transform and input normalisation on the training split, once per model."""
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if bool(self.data_fitted) or dm is None or not hasattr(dm, "train_targets"):
+        if dm is None or not hasattr(dm, "train_targets"):
+            return
+        if self.hparams.loss == "poisson_weighted":
+            self._fit_weights(dm)
+        if bool(self.data_fitted):
             return
         self.target_tf.fit(dm.train_targets())
         if self.hparams.normalize_input:
@@ -118,6 +132,18 @@ class DensityRegressionTask(pl.LightningModule):
             self.input_std.fill_(std)
         self.data_fitted.fill_(True)
 
+    def _fit_weights(self, dm: Any) -> None:
+        area = dm.fov_area_mm2() if hasattr(dm, "fov_area_mm2") else None
+        if not area:
+            raise ValueError("task.loss=poisson_weighted needs the FOV area of the images (a known pixel size); "
+                             "this data has none: use task.loss=mse")
+        self.fov_area.fill_(float(area))
+        self.weight_norm.fill_(float(self._weights(torch.as_tensor(dm.train_targets(), dtype=torch.float64)).mean()))
+
+    def _weights(self, density: torch.Tensor) -> torch.Tensor:
+        """Inverse Poisson variance of each image's count (+1 bead, so an empty field stays finite)."""
+        return 1.0 / (density.clamp_min(0) * self.fov_area.to(density.dtype) + 1.0)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> predicted density in beads/mm²."""
         return self.target_tf.inverse(self._raw(image))
@@ -125,15 +151,20 @@ class DensityRegressionTask(pl.LightningModule):
     def _raw(self, image: torch.Tensor) -> torch.Tensor:
         return self.model((image - self.input_mean) / self.input_std)
 
-    def _loss(self, z_pred: torch.Tensor, z_true: torch.Tensor) -> torch.Tensor:
+    def _loss(self, z_pred: torch.Tensor, z_true: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "huber":
             return F.huber_loss(z_pred, z_true, delta=self.hparams.huber_delta)
+        if self.hparams.loss == "poisson_weighted":
+            if float(self.fov_area) <= 0:
+                raise RuntimeError("poisson_weighted loss used before setup() fitted its weights")
+            w = self._weights(density.float()) / self.weight_norm.float()
+            return (w * (z_pred - z_true) ** 2).mean()
         return F.mse_loss(z_pred, z_true)
 
     # --- steps ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z = self._raw(batch["image"])
-        loss = self._loss(z.float(), self.target_tf(batch["density"]).float())
+        loss = self._loss(z.float(), self.target_tf(batch["density"]).float(), batch["density"])
         # sync_dist: under DDP each rank sees a shard; the epoch loss must be the mean over all of them
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(z), sync_dist=True)
         return loss
@@ -141,7 +172,7 @@ class DensityRegressionTask(pl.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         z = self._raw(batch["image"]).float()
         target = batch["density"]
-        loss = self._loss(z, self.target_tf(target).float())
+        loss = self._loss(z, self.target_tf(target).float(), target)
         pred = self.target_tf.inverse(z).float()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(z),
                  sync_dist=True)
@@ -190,12 +221,9 @@ class DensityRegressionTask(pl.LightningModule):
 
     # --- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        sched = self.scheduler_factory(optimizer=opt)
-        return {"optimizer": opt,
-                "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"}}
+        """Optimizer and scheduler (:func:`calib_seg.tasks.optim.configure`: cosine per epoch by default,
+        ``task/scheduler=one_cycle`` per step over the whole budget)."""
+        return configure(self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_monitor)
 
     def metric_definitions(self) -> dict[str, str]:
         """How each headline number is computed (stored in run.json)."""

@@ -14,8 +14,6 @@ about the foreground fraction of the data. Here:
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch import nn
 
 from calib_seg.metrics.collections import log_stage, stage_metrics
 from calib_seg.models.tiling import predict_padded, predict_tiled, size_divisor
+from calib_seg.tasks.optim import configure, describe
 from calib_seg.tasks.seg_inference import make_postprocess, tta_proba
 from calib_seg.tasks.seg_selection import AUTO, select_inference
 from calib_seg.tasks.spec import Headline, TaskSpec
@@ -68,22 +67,6 @@ def build_loss(name: str) -> nn.Module:
     if name == "bce_dice":
         return _SumLoss(_BCE(), DiceLoss(mode="binary", from_logits=True))
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
-
-
-def _unwrap(factory: Callable[..., Any]) -> Callable[..., Any]:
-    """The class/function behind a ``functools.partial`` factory (Hydra wraps partial targets once more)."""
-    func = getattr(factory, "func", factory)
-    return getattr(func, "target", func)
-
-
-def _describe(factory: Callable[..., Any] | None) -> str | None:
-    """Plain-string description of a ``functools.partial`` factory, e.g. ``"torch.optim.adam.Adam(lr=0.001)"``."""
-    if factory is None:
-        return None
-    func = _unwrap(factory)
-    name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}".lstrip(".")
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in getattr(factory, "keywords", {}).items())
-    return f"{name}({kwargs})"
 
 
 def _default_optimizer(params):
@@ -183,8 +166,8 @@ class SegmentationTask(pl.LightningModule):
         # The model is saved in the state dict; the optimizer/scheduler partials are kept out of hparams (and
         # recorded as plain strings) so checkpoints load with torch.load(weights_only=True), Lightning's default.
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
-        self.hparams["optimizer"] = _describe(optimizer) if optimizer is not None else "Adam(lr=0.001)"
-        self.hparams["scheduler"] = _describe(scheduler)
+        self.hparams["optimizer"] = describe(optimizer) if optimizer is not None else "Adam(lr=0.001)"
+        self.hparams["scheduler"] = describe(scheduler)
         self.hparams["thresholds_curve"] = list(curve)  # a Hydra ListConfig would not load with weights_only
         self.model = model
         self.optimizer_factory = optimizer or _default_optimizer
@@ -315,31 +298,9 @@ class SegmentationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        """Optimizer and scheduler. A scheduler taking ``total_steps`` (``OneCycleLR``, ``task/scheduler=one_cycle``)
-        is stepped every batch over the run's whole budget (``trainer.estimated_stepping_batches``: max_epochs x
-        batches per epoch, or max_steps); any other steps once per epoch (a plateau scheduler watching
-        ``scheduler_monitor``)."""
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        per_step = "total_steps" in inspect.signature(_unwrap(self.scheduler_factory)).parameters
-        if per_step:
-            total = self.trainer.estimated_stepping_batches
-            if not math.isfinite(total):
-                raise ValueError("a per-step schedule (total_steps) needs a finite budget: trainer.max_epochs or "
-                                 "trainer.max_steps")
-            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total))
-        else:
-            scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "monitor": self.hparams.scheduler_monitor,
-                "interval": "step" if per_step else "epoch",
-                "frequency": 1,
-            },
-        }
+        """Optimizer and scheduler (:func:`calib_seg.tasks.optim.configure`: a ``total_steps`` schedule such as
+        ``task/scheduler=one_cycle`` is stepped every batch over the whole budget, any other once per epoch)."""
+        return configure(self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_monitor)
 
     # ------------------------------------------------------------------ records
     @property
