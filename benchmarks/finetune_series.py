@@ -3,7 +3,8 @@ dilution only: no centres.csv), then train on it with image-level supervision:
 
     .venv/bin/python benchmarks/finetune_series.py --out /tmp/series
     .venv/bin/python -m calib_seg.train model=density_map data=beads_folder data.source.root=/tmp/series \\
-        init_from=RUN trainer.max_epochs=15 task.optimizer.lr=1e-3 torch_threads=1 callbacks.guard.r2_min=null
+        init_from=RUN trainer.max_epochs=15 task.optimizer.lr=1e-3 torch_threads=1 callbacks.guard.r2_min=null \\
+        callbacks.guard.final_r2_min=null
 
 Dimmer beads (absorbance 0.8 instead of 1.2), a darker background (0.5 instead of 0.7) and twice the debris of
 ``data=beads_synth``, same FOV and sampling (128 px at 4 um/px), 20 images per level, seed 11.

@@ -91,7 +91,7 @@ def preflight_result(callbacks: list[Any]) -> dict[str, Any] | None:
 def final_rules(callbacks: list[Any]) -> dict[str, Any]:
     """The guard's R² and Jaccard thresholds for the final check (its defaults when the guard is off)."""
     guard = next((cb for cb in callbacks if isinstance(cb, TrainingGuard)), None)
-    return {k: guard.rules[k] for k in ("r2_min", "jaccard_margin")} if guard is not None else {}
+    return {k: guard.rules[k] for k in ("final_r2_min", "jaccard_margin")} if guard is not None else {}
 
 
 def best_epoch(callbacks: list[Any]) -> tuple[int | None, float | None]:

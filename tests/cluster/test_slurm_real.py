@@ -35,6 +35,9 @@ TOY_TRAIN = [
     "data.source.n_per_level=4",
     "data.source.physics.image_size=64",
     "data.batch_size=8",
+    # these tests check the launchers: a 1-epoch model on 44 images is no result (test R² ~0.03), and the final
+    # check would record every job aborted
+    "callbacks.guard.final_r2_min=null",
 ]
 
 TINY_APP = '''

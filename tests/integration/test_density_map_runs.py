@@ -46,8 +46,9 @@ def point_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("point_run")
     root = _dot_folder(tmp / "dots")
-    # 8 epochs on 8 images learn little: the guard's final R² rule would call it "not a result"
-    quiet = ["logger=none", "torch_threads=1", "trainer.enable_progress_bar=false", "callbacks.guard.r2_min=null"]
+    # 8 epochs on 8 images learn little: the guard's R² rule and final check would call it "not a result"
+    quiet = ["logger=none", "torch_threads=1", "trainer.enable_progress_bar=false", "callbacks.guard.r2_min=null",
+             "callbacks.guard.final_r2_min=null"]
     cfg = compose_run_cfg([*quiet, *_MAP, "data=point_folder", f"data.source.root={root}",
                            "data.crop_size=32", "data.batch_size=4", "trainer.max_epochs=8", "task.optimizer.lr=0.01"], tmp / "run")
     return root, tmp / "run", run(cfg)
@@ -125,7 +126,8 @@ def test_predict_with_a_tile_the_network_cannot_take_exits_with_one_message(poin
         _predict(run_dir, root / "test", tmp_path / "bad.csv", map_tile_size=31, map_tile_overlap=8)
 
 
-_QUIET = ["logger=none", "torch_threads=1", "trainer.enable_progress_bar=false", "callbacks.guard.r2_min=null"]
+_QUIET = ["logger=none", "torch_threads=1", "trainer.enable_progress_bar=false", "callbacks.guard.r2_min=null",
+          "callbacks.guard.final_r2_min=null"]
 
 
 def test_init_from_a_run_folder_fine_tunes_on_images_labelled_only_by_density(point_run, tmp_path):
@@ -170,7 +172,8 @@ def test_init_from_a_run_of_another_architecture_is_one_clear_error(point_run, t
 def test_density_map_beats_the_global_model_at_the_sparse_levels(tmp_path):
     from calib_seg.train import run
 
-    common = [*TINY_BEADS, "trainer.max_epochs=12", "callbacks.guard.r2_min=null"]
+    common = [*TINY_BEADS, "trainer.max_epochs=12", "callbacks.guard.r2_min=null",
+              "callbacks.guard.final_r2_min=null"]
     sparse = ("6400", "12800", "25600", "51200")
     maes = {}
     for name, extra in (("global", []), ("map", ["model=density_map"])):

@@ -94,7 +94,7 @@ def test_tensorboard_event_files_hold_scalars_figures_hparams_and_outcome(traine
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["batch_size"].number_value == 16 and start.hparams["status"].string_value == "completed"
+    assert start.hparams["batch_size"].number_value == 4 and start.hparams["status"].string_value == "completed"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
     assert "hp/test/r2" in {m.name.tag for m in experiment.metric_infos}
     assert "run/outcome/text_summary" in tags["tensors"]

@@ -164,14 +164,17 @@ def test_callbacks_none_trains_and_tests_without_any_callback(run_cfg):
     cfg = run_cfg(["debug=tiny_beads", "callbacks=none"])
     assert not cfg.callbacks and problems_in(cfg) == []
     record = run(cfg)
-    assert record["status"] == "completed" and record["epochs"] == 1
+    # trained and tested; without the guard the final check still judges it (1 tiny epoch rarely learns)
+    learned = record["test_metrics"]["test/r2"] >= 0.05
+    assert record["status"] == ("completed" if learned else "aborted") and record["epochs"] == 1
+    assert learned or "final check: test/r2" in record["reason"]
     assert record["best_epoch"] is None and record["preflight"] is None  # no checkpoint, no guard
     assert "test/r2" in record["test_metrics"]
 
 
 def test_debug_sizes_win_over_the_experiment_preset_and_keep_its_model():
     beads = _compose(["experiment=C04", "debug=tiny_beads"])
-    assert list(beads.model.filters) == [8, 16] and beads.data.batch_size == 16 and beads.trainer.max_epochs == 1
+    assert list(beads.model.filters) == [8, 16] and beads.data.batch_size == 4 and beads.trainer.max_epochs == 1
     assert beads.data.source.physics.image_size == 64 and beads.logger == {} and beads.torch_threads == 1
     assert beads.task.optimizer.lr == 3e-4  # what debug does not set stays the preset's
     mito = _compose(["experiment=mito_attention_unet", "debug=tiny_mito"])

@@ -152,15 +152,25 @@ def test_guard_waits_for_min_steps_before_judging_progress_but_not_for_nan():
 
 
 def test_final_check_refuses_negative_r2_and_trivial_jaccard_as_results():
-    assert final_check({"test/r2": -0.43}) == ("final check: test/r2 = -0.430 < 0 (worse than predicting the mean "
-                                               "density): not a result")
+    assert final_check({"test/r2": -0.43}) == ("final check: test/r2 = -0.4300 < 0.05 (no better than predicting "
+                                               "the mean density): not a result")
     assert final_check({"test/r2": 0.97}) is None
-    assert final_check({"test/r2": -0.43}, r2_min=None) is None
+    assert final_check({"test/r2": -0.43}, final_r2_min=None) is None
     trivial = {"test/jaccard": 0.05, "test/jaccard_all_foreground": 0.04}
     assert final_check(trivial) == ("final check: test/jaccard = 0.050 <= all-foreground baseline 0.040 + margin "
                                     "0.02 (trivial segmentation): not a result")
     assert final_check({**trivial, "test/jaccard": 0.75}) is None
     assert final_check({"test/loss": 1.0}) is None  # nothing to judge
+
+
+def test_final_check_refuses_an_unlearned_run_at_r2_near_zero_and_passes_a_poor_but_learned_one():
+    # C02 at the seed's batch 192 (1 step per epoch) ended by early stopping at test R² 0.0002: it learned nothing
+    assert final_check({"test/r2": 0.0002}).startswith("final check: test/r2 = 0.0002 < 0.05")
+    assert final_check({"test/r2": 0.0499}) is not None
+    assert final_check({"test/r2": 0.05}) is None and final_check({"test/r2": 0.3}) is None
+    assert final_check({"test/r2": 0.0002}, final_r2_min=0.0) is None
+    # R² undefined (a one-level test set records NaN): nothing to judge, never a false abort
+    assert final_check({"test/r2": math.nan}) is None
 
 
 def test_spread_stats_match_numpy():

@@ -37,7 +37,8 @@ def test_check_and_final_check_use_the_dataclass_defaults():
     assert check(history) == check(history, GuardRules()) is not None
     assert check(history, r2_min=None, flat_patience=None) is None  # keyword overrides on top of the defaults
     assert check(history, GuardRules(r2_min=-1.0, flat_patience=None)) is None
-    assert final_check({"test/r2": -0.01}) is not None and final_check({"test/r2": 0.0}) is None  # r2_min 0.0
+    # final_r2_min 0.05
+    assert final_check({"test/r2": 0.049}) is not None and final_check({"test/r2": 0.05}) is None
 
 
 def test_guard_rules_refuse_impossible_combinations_and_unknown_names():
