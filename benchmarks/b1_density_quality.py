@@ -200,7 +200,7 @@ def map_diagnostics(task, dm, images: np.ndarray, idx: np.ndarray, near_px: floa
 def bead_sampling(pixel_sizes=(4.0, 2.0, 1.0), diameter_um: float = 4.0, n: int = 4000) -> dict:
     """How much of one bead the simulator renders at each pixel size: its stamped optical mass (the profile sampled
     at pixel centres, before the PSF) over the continuous profile's integral, for uniform sub-pixel positions."""
-    from calib_seg.data.simulators.beads import _stamp
+    from calib_seg.data.simulators.beads import stamp
 
     rng = np.random.default_rng(0)
     out = {}
@@ -209,7 +209,7 @@ def bead_sampling(pixel_sizes=(4.0, 2.0, 1.0), diameter_um: float = 4.0, n: int 
         masses = []
         for _ in range(n):
             canvas = np.zeros((24, 24))
-            _stamp(canvas, rng.uniform(10, 11, size=(1, 2)), np.array([r]), np.array([1.0]))
+            stamp(canvas, rng.uniform(10, 11, size=(1, 2)), np.array([r]), np.array([1.0]))
             masses.append(canvas.sum())
         m = np.asarray(masses) / (2 / 3 * np.pi * r * r)
         out[f"{px:g}"] = {"mean": float(m.mean()), "sd": float(m.std()), "invisible_pct": float(np.mean(m == 0) * 100),

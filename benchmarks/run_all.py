@@ -25,6 +25,7 @@ SCRIPTS = {
     "B5": "b5_guard.py",
     "B6": "b6_inference.py",
     "B7": "b7_hpo.py",
+    "B8": "b8_counting_protocol.py",
 }
 
 

@@ -135,7 +135,7 @@ def _sample_beads(rng: np.random.Generator, density: float, p: BeadPhysics) -> t
     return centres, diam
 
 
-def _stamp(canvas: np.ndarray, centres_px: np.ndarray, radii_px: np.ndarray, heights: np.ndarray,
+def stamp(canvas: np.ndarray, centres_px: np.ndarray, radii_px: np.ndarray, heights: np.ndarray,
            aspect: np.ndarray | None = None, angle: np.ndarray | None = None) -> None:
     """Add sphere-like (chord-length) profiles at sub-pixel centres, vectorised over particles.
 
@@ -177,7 +177,7 @@ def render_beads(rng: np.random.Generator, density: float, dilution: float, p: B
     inside = np.all((centres_um >= 0) & (centres_um < fov_um), axis=1)
 
     optical = np.zeros((n_px, n_px), dtype=np.float64)
-    _stamp(optical, centres_um / p.pixel_size_um, 0.5 * diam_um / p.pixel_size_um,
+    stamp(optical, centres_um / p.pixel_size_um, 0.5 * diam_um / p.pixel_size_um,
            np.full(len(diam_um), p.bead_absorbance))
 
     # debris: a few larger, fainter, elongated particles that must not be counted
@@ -185,7 +185,7 @@ def render_beads(rng: np.random.Generator, density: float, dilution: float, p: B
     if n_deb:
         deb_c = rng.uniform(0, fov_um, size=(n_deb, 2)) / p.pixel_size_um
         deb_r = p.bead_diameter_um * rng.uniform(0.8, 2.5, n_deb) / p.pixel_size_um
-        _stamp(optical, deb_c, deb_r, np.full(n_deb, p.bead_absorbance * p.debris_contrast),
+        stamp(optical, deb_c, deb_r, np.full(n_deb, p.bead_absorbance * p.debris_contrast),
                aspect=rng.uniform(1.5, 3.0, n_deb), angle=rng.uniform(0, np.pi, n_deb))
 
     sigma_px = (p.psf_sigma_um + abs(rng.normal(0.0, p.defocus_sigma_um))) / p.pixel_size_um

@@ -1,7 +1,7 @@
 """Synthetic fluorescence cells in the dot-annotated counting format (a stand-in for the public cell sets).
 
 One RGB image of stained cells and its dots image (black, one red pixel at each counted cell's centre), drawn
-with the bead simulator's optics (:func:`calib_seg.data.simulators.beads._stamp` chord-length profiles, a
+with the bead simulator's optics (:func:`calib_seg.data.simulators.beads.stamp` chord-length profiles, a
 Gaussian PSF with per-image defocus, vignetting, shot and read noise), top to bottom:
 
 1. **Sample**: the number of counted cells is log-uniform in ``count_range``; a random share of them sits in a few
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from calib_seg.data.simulators.beads import _stamp
+from calib_seg.data.simulators.beads import stamp
 from calib_seg.fileio import atomic_write_text, refuse_existing_output
 
 #: bump when a change alters the images a (seed, params) pair gives
@@ -138,10 +138,10 @@ def render_cells(rng: np.random.Generator, p: CellParams | None = None) -> CellI
     aspect = rng.uniform(1.0, p.max_aspect, m)
     angle = rng.uniform(0.0, np.pi, m)
     cyto = np.zeros((s, s))
-    _stamp(cyto, centres, radius, bright, aspect=aspect, angle=angle)
+    stamp(cyto, centres, radius, bright, aspect=aspect, angle=angle)
     nucleus = np.zeros((s, s))
     shift = radius[:, None] / 3.0 * rng.uniform(-1.0, 1.0, size=(m, 2))
-    _stamp(nucleus, centres + shift, p.nucleus_fraction * radius, p.nucleus_gain * bright)
+    stamp(nucleus, centres + shift, p.nucleus_fraction * radius, p.nucleus_gain * bright)
 
     sigma = p.psf_sigma_px + abs(rng.normal(0.0, p.defocus_sigma_px))
     signal = (ndimage.gaussian_filter(cyto, sigma)[..., None] * CYTOPLASM_RGB
