@@ -60,7 +60,7 @@ def test_guard_keeps_a_slowly_but_really_improving_run():
 
 
 def test_guard_aborts_when_r2_negative_after_grace_epochs():
-    entries = [density(1.0 - 0.1 * i, r2) for i, r2 in enumerate([-2.0, -1.0, -0.6, -0.4, -0.31, 0.5])]
+    entries = [density(1.0 - 0.02 * i, r2) for i, r2 in enumerate([-2.0, -1.0, -0.6, -0.4, -0.31, 0.5])]
     epoch, msg = first_abort(entries)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: val/r2 = -0.31 < 0; never clearly good (best -0.31), 5 bad epochs in a row "
@@ -83,19 +83,19 @@ def test_guard_aborts_at_once_on_non_finite_numbers(bad):
 
 def test_guard_aborts_when_prediction_spread_collapses_after_grace():
     # the seed: predictions 0..500 against targets 15..7964, with a loss that still creeps down
-    std = [density(1.0 - 0.1 * i, 0.3, pred_std=50.0) for i in range(6)]
+    std = [density(1.0 - 0.02 * i, 0.3, pred_std=50.0) for i in range(6)]
     epoch, msg = first_abort(std, r2_min=None)
     assert epoch == 5
     assert msg == ("aborted at epoch 5: predictions collapsed: std of val predictions 50 < 0.1 x targets' 1000 "
                    "(ratio 0.050); never clearly good (best 0.05), 5 bad epochs in a row >= patience 3 "
                    "(after 5 epochs, grace 5)")
-    rng = [density(1.0 - 0.1 * i, 0.3, pred_std=300.0, pred_range=500.0) for i in range(6)]
+    rng = [density(1.0 - 0.02 * i, 0.3, pred_std=300.0, pred_range=500.0) for i in range(6)]
     epoch, msg = first_abort(rng, r2_min=None)
     assert epoch == 5 and "range of val predictions 500 < 0.1 x targets' 7900 (ratio 0.063)" in msg
 
 
 def test_guard_aborts_when_jaccard_stays_at_the_all_foreground_level():
-    entries = [{"val/loss": 0.1 - 0.01 * i, "val/jaccard": j, "val/jaccard_all_foreground": 0.08}
+    entries = [{"val/loss": 0.1 - 0.002 * i, "val/jaccard": j, "val/jaccard_all_foreground": 0.08}
                for i, j in enumerate([0.0, 0.05, 0.08, 0.09, 0.095, 0.3])]
     epoch, msg = first_abort(entries)
     assert epoch == 5
@@ -107,7 +107,8 @@ def test_guard_aborts_when_jaccard_stays_at_the_all_foreground_level():
 
 
 def _seg(jaccards: list[float], base: float = 0.04) -> list[dict]:
-    return [{"val/loss": 0.2 - 0.01 * i, "val/jaccard": j, "val/jaccard_all_foreground": base}
+    # a loss that creeps down (2 % an epoch): the metric rules do not wait for it (learning_loss_drop)
+    return [{"val/loss": 0.2 * 0.98 ** i, "val/jaccard": j, "val/jaccard_all_foreground": base}
             for i, j in enumerate(jaccards)]
 
 
@@ -124,6 +125,34 @@ def test_guard_keeps_a_healthy_run_through_one_bad_epoch():
     # density: one epoch of R² < 0 in a run that reached 0.8 is noise, not a doomed run
     r2 = [density(1.0 - 0.1 * i, v) for i, v in enumerate([0.2, 0.5, 0.8, 0.85, -0.4, 0.9, 0.9])]
     assert first_abort(r2) == (None, None)
+
+
+def test_metric_rules_wait_while_val_loss_still_falls_fast():
+    # B5, mito_quick attention_unet on the 42 Lucchi slices, seed 2: focal loss learns the background first, so
+    # the Jaccard at 0.5 fell to ~0 for epochs while val/loss halved; the rule without the wait aborted it at epoch 6
+    loss = [0.209, 0.174, 0.111, 0.086, 0.080, 0.058]
+    jac = [0.038, 0.089, 0.065, 0.030, 0.012, 0.011]
+    seen = [{"val/loss": v, "val/jaccard": j, "val/jaccard_all_foreground": 0.038} for v, j in zip(loss, jac)]
+    assert first_abort(seen) == (None, None)
+    epoch, msg = first_abort(seen, learning_loss_drop=None)
+    assert epoch == 6 and "val/jaccard = 0.011 <= all-foreground baseline 0.038" in msg
+    # the same Jaccards with a loss that stalls: the streak fires as soon as the loss stops falling fast
+    stalled = [{**e, "val/loss": v} for e, v in zip(seen, [0.209, 0.174, 0.111, 0.105, 0.104, 0.104])]
+    assert first_abort(stalled)[0] == 6
+    # and once the loss slows down, the waiting run is judged with its whole streak
+    slowing = seen + [{"val/loss": 0.057, "val/jaccard": 0.01, "val/jaccard_all_foreground": 0.038}] * 3
+    epoch, msg = first_abort(slowing)
+    assert epoch == 9 and "6 bad epochs in a row" in msg  # 0.058 -> 0.057: no longer falling fast
+
+
+def test_the_wait_is_relative_to_the_best_loss_before_the_last_patience_epochs():
+    from calib_seg.callbacks.guard import GuardRules, _still_learning
+
+    hist = [{"val/loss": v} for v in (1.0, 0.9, 0.8, 0.75, 0.70)]  # best before 0.9 -> best of last 3 0.70
+    assert _still_learning(hist, GuardRules(learning_loss_drop=0.2)) is True   # 22 % > 20 %
+    assert _still_learning(hist, GuardRules(learning_loss_drop=0.25)) is False
+    assert _still_learning(hist[:3], GuardRules()) is False  # nothing before the last `patience` epochs
+    assert _still_learning([*hist, {"val/loss": math.nan}], GuardRules()) is True  # NaN skipped (rule 1 fires)
 
 
 def test_guard_aborts_a_truly_trivial_run_after_patience_bad_epochs():
