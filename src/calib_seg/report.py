@@ -80,7 +80,9 @@ def _best_density_job(rows: Sequence[dict[str, Any]]) -> list[str]:
     return ["## Best job", "", text, ""] + ([flag, ""] if flag else [])
 
 
-#: a best job whose test R² is at or below this learned about nothing (R² = 0: predicting the mean of the test set)
+#: a best job whose test R² is at or below this learned about nothing (R² = 0: predicting the mean of the test set);
+#: the guard's final check records such a run aborted at the same bar (``GuardRules.final_r2_min``; not imported,
+#: which would pull Lightning into the report)
 R2_FAILURE = 0.05
 #: ... and one whose test Jaccard is within this of the all-foreground baseline (the guard's ``jaccard_margin``)
 JACCARD_FAILURE_MARGIN = 0.02
