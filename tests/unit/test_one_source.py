@@ -59,3 +59,10 @@ def test_validation_allows_what_the_owning_modules_define():
         assert all(str(a) in msg.split("allowed:")[1] for a in allowed), msg
     (msg,) = [p for p in problems_in(compose(["experiment=mito_quick", "task.loss=l1"])) if p.startswith("task.loss")]
     assert msg.endswith("allowed: " + ", ".join(segmentation.LOSSES))
+
+
+def test_the_sweep_report_flags_failures_at_the_guards_final_check_bars():
+    from calib_seg.report import JACCARD_FAILURE_MARGIN, R2_FAILURE
+
+    # copied, not imported (the report must not import Lightning): this keeps the copies equal
+    assert R2_FAILURE == GuardRules().final_r2_min and JACCARD_FAILURE_MARGIN == GuardRules().jaccard_margin
