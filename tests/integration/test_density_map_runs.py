@@ -172,7 +172,9 @@ def test_init_from_a_run_of_another_architecture_is_one_clear_error(point_run, t
 def test_density_map_beats_the_global_model_at_the_sparse_levels(tmp_path):
     from calib_seg.train import run
 
-    common = [*TINY_BEADS, "trainer.max_epochs=12", "callbacks.guard.r2_min=null",
+    # batch 16 (the tiny preset's 4 gives 4x the steps): the comparison this test was measured on; at batch 4 the
+    # map still wins the sparse levels, but by less (mean MAE 51 vs 62)
+    common = [*TINY_BEADS, "trainer.max_epochs=12", "data.batch_size=16", "callbacks.guard.r2_min=null",
               "callbacks.guard.final_r2_min=null"]
     sparse = ("6400", "12800", "25600", "51200")
     maes = {}
