@@ -151,7 +151,7 @@ def data_tag(root: Path) -> str:
 def stand_in() -> Path:
     """The synthetic stand-in in ``_work/`` (written once)."""
     if not (STAND_IN / "README.txt").is_file():
-        from calib_seg.data.simulators.cells import write_dots_folder
+        from calib_seg.data.sources.point_folder import write_dots_folder
 
         print(f"B8: writing the synthetic stand-in to {STAND_IN}", flush=True)
         write_dots_folder(STAND_IN, overwrite=STAND_IN.exists(), **STAND_IN_ARGS)

@@ -67,7 +67,7 @@ def _mito(args: argparse.Namespace) -> Path:
 
 
 def _dots(args: argparse.Namespace) -> Path:
-    from calib_seg.data.simulators.cells import write_dots_folder
+    from calib_seg.data.sources.point_folder import write_dots_folder
 
     out = Path(args.out)
     summary = write_dots_folder(out, n=args.n, size=args.size, seed=args.seed)

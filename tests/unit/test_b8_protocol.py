@@ -13,8 +13,8 @@ import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error
 
 from calib_seg.data.counting import PointDataModule
-from calib_seg.data.simulators.cells import CellParams, write_dots_folder
-from calib_seg.data.sources.point_folder import PointFolder
+from calib_seg.data.simulators.cells import CellParams
+from calib_seg.data.sources.point_folder import PointFolder, write_dots_folder
 from helpers.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from calib_seg.data.points import read_dots
-from calib_seg.data.simulators.cells import CellParams, generate_cell_image, render_cells, write_dots_folder
+from calib_seg.data.simulators.cells import CellParams, generate_cell_image, render_cells
+from calib_seg.data.sources.point_folder import write_dots_folder
 
 
 def test_dots_image_holds_one_red_pixel_per_counted_cell():

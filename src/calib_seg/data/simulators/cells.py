@@ -16,20 +16,18 @@ Gaussian PSF with per-image defocus, vignetting, shot and read noise), top to bo
    nucleus adds red.
 
 Image ``i`` depends only on ``(seed, i)``: a set of 50 images is the first 50 of a set of 200.
-:func:`write_dots_folder` writes a set in the flat layout ``images/<stem>.png`` + ``dots/<stem>.png``
+:func:`calib_seg.data.sources.point_folder.write_dots_folder` writes a set in the flat layout ``images/<stem>.png`` + ``dots/<stem>.png``
 (``python -m calib_seg.synth dots``). The images are synthetic; they resemble, but are not, real cell images.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from calib_seg.data.simulators.beads import stamp
-from calib_seg.fileio import atomic_write_text, refuse_existing_output
 
 #: bump when a change alters the images a (seed, params) pair gives
 GENERATOR_VERSION = "cells_synth/1"
@@ -160,62 +158,3 @@ def render_cells(rng: np.random.Generator, p: CellParams | None = None) -> CellI
 def generate_cell_image(index: int, seed: int = 0, params: CellParams | None = None) -> CellImage:
     """Image ``index`` of the set drawn with ``seed``: depends only on ``(seed, index)`` and ``params``."""
     return render_cells(np.random.default_rng([int(seed), int(index)]), params)
-
-
-def stem_of(index: int, n: int) -> str:
-    """File stem of image ``index`` in a set of ``n`` (zero-padded, so name order is index order)."""
-    return f"cell_{index:0{max(3, len(str(n - 1)))}d}"
-
-
-README = """Synthetic stand-in for a dot-annotated cell counting set: NOT real microscopy.
-
-Written by `python -m calib_seg.synth dots` (calib_seg.data.simulators.cells, generator {version}), seed {seed}:
-{n} RGB {size}x{size} px images of simulated fluorescence cells (blurred elliptical cells with a brighter
-nucleus, varied size and brightness, clusters and overlaps, cells cut by the border, smooth background, shot and
-read noise), {lo}..{hi} counted cells per image (log-uniform; this set: {cmin}..{cmax}, mean {cmean:.1f}).
-
-images/<stem>.png  the image (RGB, 8-bit)
-dots/<stem>.png    black RGB image of the same size, one red (255,0,0) pixel per counted cell centre;
-                   a cell counts when its centre is inside the image
-counts.csv         stem,count (the number of red pixels of each dots image)
-
-Protocol convention: sorted by name, the first half is the training pool, the second half the test set
-(benchmarks/b8_counting_protocol.py --data THIS_FOLDER).
-"""
-
-
-def write_dots_folder(out_dir: str | Path, n: int = 200, size: int = 256, seed: int = 0,
-                      params: CellParams | None = None, overwrite: bool = False) -> dict:
-    """Write ``n`` synthetic images in the flat dot layout: ``images/``, ``dots/``, ``counts.csv``, ``README.txt``.
-
-    Returns a summary (generator, seed, size, counts per stem).
-
-    Raises:
-        FileExistsError: ``out_dir`` is a file or a non-empty folder and ``overwrite`` is False.
-        ValueError: ``n`` < 1 or parameters out of range.
-    """
-    from PIL import Image
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    p = params or CellParams(size=int(size))
-    if p.size != int(size):
-        raise ValueError(f"size {size} differs from params.size {p.size}")
-    out = Path(out_dir)
-    refuse_existing_output(out, overwrite, hint="choose a new folder")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "dots").mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for i in range(n):
-        cell = generate_cell_image(i, seed, p)
-        stem = stem_of(i, n)
-        Image.fromarray(cell.image).save(out / "images" / f"{stem}.png")
-        Image.fromarray(cell.dots()).save(out / "dots" / f"{stem}.png")
-        counts[stem] = cell.count
-    atomic_write_text(out / "counts.csv", "stem,count\n" + "".join(f"{k},{v}\n" for k, v in counts.items()))
-    c = np.array(list(counts.values()))
-    lo, hi = p.count_range
-    atomic_write_text(out / "README.txt", README.format(version=GENERATOR_VERSION, seed=seed, n=n, size=p.size,
-                                                        lo=lo, hi=hi, cmin=c.min(), cmax=c.max(), cmean=c.mean()))
-    return {"generator": GENERATOR_VERSION, "seed": int(seed), "n": n, "size": p.size, "params": asdict(p),
-            "counts": counts}
