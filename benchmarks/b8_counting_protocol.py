@@ -100,11 +100,12 @@ def trivial_baseline(train_counts: Sequence[float], test_counts: Sequence[float]
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample SD (ddof 1; NaN for fewer than two values) of the finite values."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    """Mean and sample SD (ddof 1; NaN for fewer than two values) of the finite values: the study reports'
+    :func:`calib_seg.study_stats.mean_sd`, as a pair with NaN for what is undefined."""
+    from calib_seg.study_stats import mean_sd as stats
+
+    s = stats(values)
+    return tuple(float("nan") if s[k] is None else float(s[k]) for k in ("mean", "sd"))
 
 
 def steps_per_epoch(n: int, batch: int = BATCH, val_fraction: float = VAL_FRACTION) -> int:
