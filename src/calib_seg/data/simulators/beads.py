@@ -136,7 +136,7 @@ def _sample_beads(rng: np.random.Generator, density: float, p: BeadPhysics) -> t
 
 
 def stamp(canvas: np.ndarray, centres_px: np.ndarray, radii_px: np.ndarray, heights: np.ndarray,
-           aspect: np.ndarray | None = None, angle: np.ndarray | None = None) -> None:
+          aspect: np.ndarray | None = None, angle: np.ndarray | None = None) -> None:
     """Add sphere-like (chord-length) profiles at sub-pixel centres, vectorised over particles.
 
     ``aspect``/``angle`` stretch a profile into an ellipse (debris). Profiles are clipped at the canvas border.
@@ -178,7 +178,7 @@ def render_beads(rng: np.random.Generator, density: float, dilution: float, p: B
 
     optical = np.zeros((n_px, n_px), dtype=np.float64)
     stamp(optical, centres_um / p.pixel_size_um, 0.5 * diam_um / p.pixel_size_um,
-           np.full(len(diam_um), p.bead_absorbance))
+          np.full(len(diam_um), p.bead_absorbance))
 
     # debris: a few larger, fainter, elongated particles that must not be counted
     n_deb = rng.poisson(p.debris_density_per_mm2 * p.fov_area_mm2)
@@ -186,7 +186,7 @@ def render_beads(rng: np.random.Generator, density: float, dilution: float, p: B
         deb_c = rng.uniform(0, fov_um, size=(n_deb, 2)) / p.pixel_size_um
         deb_r = p.bead_diameter_um * rng.uniform(0.8, 2.5, n_deb) / p.pixel_size_um
         stamp(optical, deb_c, deb_r, np.full(n_deb, p.bead_absorbance * p.debris_contrast),
-               aspect=rng.uniform(1.5, 3.0, n_deb), angle=rng.uniform(0, np.pi, n_deb))
+              aspect=rng.uniform(1.5, 3.0, n_deb), angle=rng.uniform(0, np.pi, n_deb))
 
     sigma_px = (p.psf_sigma_um + abs(rng.normal(0.0, p.defocus_sigma_um))) / p.pixel_size_um
     optical = ndimage.gaussian_filter(optical, sigma_px, mode="constant")
