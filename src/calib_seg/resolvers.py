@@ -71,6 +71,22 @@ def _job_dirname(*, _root_: Any) -> str:
     return f"_{name}" if name else ""
 
 
+def cpu_precision() -> str:
+    """``bf16-mixed`` on a CPU with native bfloat16 matrix units (AMX or AVX-512 BF16), else ``32-true``.
+
+    For presets that train on the CPU (``trainer.precision: ${cpu_precision:}``): on such a CPU, bf16 autocast
+    runs the U-Net's convolutions through oneDNN's bf16 kernels (measured 1.65x faster per epoch than float32
+    on the 2-core Sapphire Rapids machine, docs in the preset); without them bf16 is emulated and slower than
+    float32, so those CPUs keep float32. The resolved value is what ``run.json`` records.
+    """
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    native = any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
+    return "bf16-mixed" if native else "32-true"
+
+
 def register() -> None:
     """Register resolvers once (idempotent)."""
     if not OmegaConf.has_resolver("uniq"):
@@ -81,6 +97,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("job_dirname", _job_dirname)
     if not OmegaConf.has_resolver("is_interactive"):
         OmegaConf.register_new_resolver("is_interactive", lambda: sys.stdout.isatty())
+    if not OmegaConf.has_resolver("cpu_precision"):
+        OmegaConf.register_new_resolver("cpu_precision", cpu_precision)
 
 
 register()
