@@ -164,6 +164,21 @@ def test_mask_values_outside_zero_one_are_rejected_by_the_metrics(data):
         run(SegmentationTask(Passthrough()), logits, masks * 255, "val")
 
 
+SEG_LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice", "bce_lovasz")
+
+
+def _lovasz_hinge_reference(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary Lovász hinge over all pixels, from Berman et al. 2018 (Alg. 1): hinge errors 1 - logit * sign sorted
+    in decreasing order, dotted with the increments of the Jaccard loss along that order."""
+    x, y = logits.double().ravel().numpy(), target.double().ravel().numpy()
+    err = 1 - x * (2 * y - 1)
+    order = np.argsort(-err, kind="stable")
+    err, y = err[order], y[order]
+    inter, union = y.sum() - np.cumsum(y), y.sum() + np.cumsum(1 - y)
+    increments = np.diff(1 - inter / union, prepend=0.0)
+    return torch.tensor(float(np.maximum(err, 0) @ increments), dtype=logits.dtype)
+
+
 def test_losses_by_name_and_unknown_loss_is_a_clear_error():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 1, 8, 8, generator=g)
@@ -174,12 +189,14 @@ def test_losses_by_name_and_unknown_loss_is_a_clear_error():
     pt = torch.where(target == 1, p, 1 - p)
     focal_ref = ((1 - pt) ** 2 * bce).mean()
     dice_ref = 1 - (2 * (p * target).sum() + 0.0) / (p.sum() + target.sum()).clamp_min(1e-7)
-    losses = {name: build_loss(name)(logits, target) for name in ("focal", "dice", "focal_dice", "bce", "bce_dice")}
+    lovasz_ref = _lovasz_hinge_reference(logits, target)
+    losses = {name: build_loss(name)(logits, target) for name in SEG_LOSSES}
     torch.testing.assert_close(losses["focal"], focal_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["dice"], dice_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["focal_dice"], focal_ref + dice_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["bce"], bce.mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["bce_dice"], bce.mean() + dice_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["bce_lovasz"], bce.mean() + lovasz_ref, rtol=1e-5, atol=1e-6)
     uint8_target = build_loss("bce")(logits, target.to(torch.uint8))  # masks may arrive as uint8
     torch.testing.assert_close(uint8_target, bce.mean(), rtol=1e-5, atol=1e-6)
     # orderings: confident right predictions cost less than a coin flip, which costs less than confident wrong ones

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 from torch import nn
 
 from calib_seg.metrics.collections import log_stage, stage_metrics
@@ -31,7 +31,7 @@ from calib_seg.tasks.spec import Headline, TaskSpec
 
 __all__ = ["SegmentationTask", "build_loss", "LOSSES"]
 
-LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice")
+LOSSES = ("focal", "dice", "focal_dice", "bce", "bce_dice", "bce_lovasz")
 DEFAULT_CURVE = tuple(round(0.1 * i, 2) for i in range(1, 10))
 
 
@@ -55,7 +55,8 @@ class _SumLoss(nn.Module):
 
 def build_loss(name: str) -> nn.Module:
     """Loss on logits by name: ``focal`` (smp binary focal, gamma 2), ``dice`` (smp soft Dice), ``focal_dice``,
-    ``bce`` (binary cross-entropy) or ``bce_dice`` (BCE + soft Dice)."""
+    ``bce`` (binary cross-entropy), ``bce_dice`` (BCE + soft Dice) or ``bce_lovasz`` (BCE + smp's Lovász hinge, a
+    convex surrogate of the Jaccard loss at threshold 0.5 on the logits, over the whole batch)."""
     if name == "focal":
         return FocalLoss(mode="binary", gamma=2.0)
     if name == "dice":
@@ -66,6 +67,8 @@ def build_loss(name: str) -> nn.Module:
         return _BCE()
     if name == "bce_dice":
         return _SumLoss(_BCE(), DiceLoss(mode="binary", from_logits=True))
+    if name == "bce_lovasz":
+        return _SumLoss(_BCE(), LovaszLoss(mode="binary", from_logits=True, per_image=False))
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
