@@ -326,7 +326,9 @@ def problems_in(cfg: DictConfig) -> list[str]:
         msg = rule(value)
         if msg:
             problems.append(f"{key}: {msg}")
-    for where in ("model", "task", "data", "data.source"):
+    callbacks = _get(cfg, "callbacks")
+    named = [f"callbacks.{k}" for k in callbacks] if isinstance(callbacks, DictConfig) else []
+    for where in ("model", "task", "data", "data.source", *named):
         _check_keys(_get(cfg, where), where, problems)
     if _get(cfg, "local") is not _ABSENT:
         problems.append(LOCAL_WITHOUT_HEADER)
