@@ -41,6 +41,11 @@ ABLATIONS = {
     "plateau": ["task/scheduler=plateau", "task.scheduler.patience=3"],  # the preset's schedule before one_cycle
     "elastic": ["data.augment={_target_:calib_seg.data.augment.PairAugment,elastic_alpha:6}"],
     "focal": ["task.loss=focal"],
+    "patch256": ["data.patch_size=256", "data.batch_size=2", "data.patches_per_epoch=128"],  # same pixels per step
+    "width24": ["model.base_filters=24"],
+    "float32": ["trainer.precision=32-true"],  # the preset's bf16 autocast (on CPUs with bf16 units) off
+    "attention_unet": ["model=attention_unet"],  # the other two networks, same recipe and steps
+    "attention_resunet": ["model=attention_resunet"],
 }
 CURVE = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -157,11 +162,13 @@ def _short(choice: dict) -> str:
             f"min_size {pp['min_size']}")
 
 
-def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1, wall: float) -> str:
+def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1, wall: float,
+             inference_name: str = "base") -> str:
     parts = [common.section_header("B2e", True, [common.command_line()], load0, load1, wall)]
     parts.append("\n42 real EPFL slices, contiguous blocks train 28 | val 6 | test 8 (stand-in test block); "
                  "whole 768x1024 slices, foreground Jaccard pooled over all pixels. One change per row against "
-                 "`base` (= `experiment=mito_lucchi_cpu`), equal epochs/steps.\n")
+                 "`base` (= `experiment=mito_lucchi_cpu`) at equal epochs/steps; rows with other step counts "
+                 "are the preset's full budget or earlier full-length runs (their names say which).\n")
     rows = [[r["name"], r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
              " / ".join(f"{r['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)), r["curve_width"],
              f"{r.get('wall_s', r['fit_wall_s']):.0f}", r.get("threads", "?"),
@@ -172,7 +179,8 @@ def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1,
     parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{r.get('command', '')}`"
                                                                               for r in runs))
     if inference:
-        parts.append("\n### Inference choices on the base weights (chosen on val, then applied to test)\n")
+        parts.append(f"\n### Inference choices on the `{inference_name}` weights (chosen on val, then applied to "
+                     "test)\n")
         parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing",
                                       "test J @0.3 / 0.5 / 0.7", "curve width (>= 90 % of peak)"],
                                      [[k, v["val_jaccard"], v["test_jaccard"], v["threshold"], v["postprocess"],
@@ -194,6 +202,9 @@ def main() -> None:
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR of a finished run to score")
     ap.add_argument("--data", type=Path, default=DATA, help=f"the 42-slice folder (default {DATA})")
     ap.add_argument("--only", nargs="*", default=None, help="train only these ABLATIONS (default: all)")
+    ap.add_argument("--inference-on", default="base",
+                    help="the run (a --run/ABLATIONS name) whose weights the inference and Otsu tables use, e.g. "
+                         "the full-budget preset run beside shorter ablation runs (default: base)")
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--no-otsu", action="store_true")
     ap.add_argument("--reuse", action="store_true",
@@ -207,7 +218,7 @@ def main() -> None:
         dirs.update({name: str(train(name, ov, args.epochs, out, args.threads, args.data))
                      for name, ov in ABLATIONS.items() if args.only is None or name in args.only})
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
-    base = Path(dirs.get("base") or next(iter(dirs.values())))
+    base = Path(dirs.get(args.inference_on) or dirs.get("base") or next(iter(dirs.values())))
     prev = common.read_results().get("B2e") or {}
     reuse = args.reuse and (prev.get("base_run") == str(base) or f"base={base}" in prev.get("command", ""))
     inference = ({k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
@@ -217,8 +228,10 @@ def main() -> None:
     res = {"runs": runs, "base_run": str(base), "inference": inference, "otsu": otsu,
            "command": common.command_line(),
            "load_avg_start": load0, "load_avg_end": common.load_avg()}
+    inference_name = next((n for n, d in dirs.items() if Path(d) == base), "base")
+    res["inference_on"] = inference_name
     common.write_section("B2e", res, markdown(runs, inference, otsu, load0, res["load_avg_end"],
-                                              time.perf_counter() - t0))
+                                              time.perf_counter() - t0, inference_name))
     print(common.RESULTS_MD.read_text())
 
 
