@@ -218,7 +218,8 @@ def main() -> None:
         dirs.update({name: str(train(name, ov, args.epochs, out, args.threads, args.data))
                      for name, ov in ABLATIONS.items() if args.only is None or name in args.only})
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
-    base = Path(dirs.get(args.inference_on) or dirs.get("base") or next(iter(dirs.values())))
+    inference_name = next(n for n in (args.inference_on, "base", *dirs) if n in dirs)
+    base = Path(dirs[inference_name])
     prev = common.read_results().get("B2e") or {}
     reuse = args.reuse and (prev.get("base_run") == str(base) or f"base={base}" in prev.get("command", ""))
     inference = ({k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
@@ -228,7 +229,6 @@ def main() -> None:
     res = {"runs": runs, "base_run": str(base), "inference": inference, "otsu": otsu,
            "command": common.command_line(),
            "load_avg_start": load0, "load_avg_end": common.load_avg()}
-    inference_name = next((n for n, d in dirs.items() if Path(d) == base), "base")
     res["inference_on"] = inference_name
     common.write_section("B2e", res, markdown(runs, inference, otsu, load0, res["load_avg_end"],
                                               time.perf_counter() - t0, inference_name))

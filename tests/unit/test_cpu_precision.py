@@ -34,14 +34,8 @@ def test_the_resolver_is_registered_and_resolves_in_a_config():
 
 
 def test_the_real_em_cpu_preset_trains_at_the_resolved_precision():
-    from hydra.core.global_hydra import GlobalHydra
-
     from calib_seg.config import compose
 
-    GlobalHydra.instance().clear()
-    try:
-        cfg = compose(["experiment=mito_lucchi_cpu"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose(["experiment=mito_lucchi_cpu"])
     assert cfg.trainer.precision == resolvers.cpu_precision()
     assert cfg.trainer.accelerator == "cpu"  # the resolver answers for this machine's CPU only

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from calib_seg.callbacks.early_stopping import EarlyStopping
+from calib_seg.config import compose
 from calib_seg.validation import problems_in
 
 
@@ -50,13 +51,5 @@ def test_patience_starts_only_after_min_steps():
 def test_negative_min_steps_and_unknown_keys_are_errors():
     with pytest.raises(ValueError, match="min_steps must be >= 0"):
         EarlyStopping(monitor="val/r2", min_steps=-1)
-    from hydra.core.global_hydra import GlobalHydra
-
-    from calib_seg.config import compose
-
-    GlobalHydra.instance().clear()
-    try:
-        cfg = compose(["+callbacks.early_stopping.patiance=5"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose(["+callbacks.early_stopping.patiance=5"])
     assert any("callbacks.early_stopping.patiance" in p and "patience" in p for p in problems_in(cfg))
