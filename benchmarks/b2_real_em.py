@@ -176,7 +176,7 @@ def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1,
     parts.append(common.md_table(["run", "steps", "best val J (tiles, 0.5)", "test J", "test inference (chosen on val)",
                                   "test J @0.3 / 0.5 / 0.7 (that inference)",
                                   "curve width (>= 90 % of peak)", "wall s", "threads", "load 1-min"], rows))
-    parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{r.get('command', '')}`"
+    parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{common.shown(r.get('command', ''))}`"
                                                                               for r in runs))
     if inference:
         parts.append(f"\n### Inference choices on the `{inference_name}` weights (chosen on val, then applied to "

@@ -114,7 +114,7 @@ def main() -> None:
                  ["all-foreground", b["all_foreground"]["jaccard"], b["all_foreground"]["dice"], "-", 0, "trivial"]]
         parts.append(common.md_table(["method", "test Jaccard (fg)", "test Dice (fg)", "epochs", "params", "status / note"], rows))
         ov = next(iter(e["models"].values()))["overrides"] if e["models"] else []
-        parts.append(f"\nOverrides (unet shown; `model=` differs): `{' '.join(ov)}`")
+        parts.append(f"\nOverrides (unet shown; `model=` differs): `{common.shown(' '.join(ov))}`")
     if args.quick:
         parts.append("\nQuick size: a few epochs of 128 px patches with 16 base filters on 2 shared CPU cores; "
                      "these are not the models' converged quality (the full presets train 50 epochs at 64 "

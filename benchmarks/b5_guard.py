@@ -163,7 +163,7 @@ def _probe_table(previous: dict) -> str | None:
 
 def _shown(overrides: list[str]) -> str:
     """Overrides as a reader types them: the shared folder as ``../shared`` (beside the clone)."""
-    return " ".join(overrides).replace(str(common.SHARED), "../shared")
+    return common.shown(" ".join(overrides))
 
 
 def render(load0: list[float], t0: float) -> None:

@@ -93,6 +93,14 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
 
 
+def shown(text: str) -> str:
+    """A recorded command or path as a reader can re-run it: absolute paths inside the repository become
+    relative to its root, and the shared data folder becomes ``../shared`` (its default place)."""
+    for base, alias in ((REPO, ""), (SHARED.resolve(), "../shared/"), (SHARED, "../shared/")):
+        text = text.replace(f"{base}/", alias)
+    return text
+
+
 class Timer:
     """``with Timer() as t: ...; t.s`` seconds (perf_counter)."""
 

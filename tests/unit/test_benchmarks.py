@@ -95,3 +95,14 @@ def test_results_writer_merges_sections_and_renders_markdown(tmp_path):
 def test_md_table_formats_numbers():
     table = common.md_table(["a", "b"], [["x", 0.123456], ["y", 1234.5678], ["z", float("nan")]])
     assert table.splitlines()[2:] == ["| x | 0.1235 |", "| y | 1234.6 |", "| z | n/a |"]
+
+
+def test_recorded_commands_show_paths_a_reader_can_rerun(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    monkeypatch.setattr(common, "SHARED", shared)
+    cmd = (f"python -m calib_seg.train data.source.root={shared}/data/lucchi_epfl_train "
+           f"hydra.run.dir={common.REPO}/benchmarks/_work/b2e/base")
+    assert common.shown(cmd) == ("python -m calib_seg.train data.source.root=../shared/data/lucchi_epfl_train "
+                                 "hydra.run.dir=benchmarks/_work/b2e/base")
+    # a path outside both stays as it is
+    assert common.shown("data.source.root=/data/em") == "data.source.root=/data/em"
