@@ -128,6 +128,19 @@ def test_segmentation_probe_passes_and_thresholds_probabilities():
     assert m["soft_jaccard"] != pytest.approx(m["plumbing_reference"], abs=1e-3)  # the seed's number differs
 
 
+@pytest.mark.parametrize("inference", [{"tta": True}, {"postprocess": {"median": 3, "min_size": 4}}])
+def test_tta_and_postprocessing_runs_pass_the_plumbing_check(inference):
+    # they change test/predict maps only; validation stays plain, and so must the independent reference
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(4, 1, 16, 16, generator=g) > 0.7).float()
+    batch = {"image": (0.3 + 0.4 * mask + 0.05 * torch.randn(4, 1, 16, 16, generator=g)).clamp(0, 1), "mask": mask}
+    task = SegmentationTask(TinySegmenter(), functools.partial(torch.optim.Adam, lr=1e-2), **inference)
+    assert task.inference_extras  # the option is really on
+    m = measure(task, task.optimizer_factory(params=task.parameters()), batch, steps=20)
+    assert m["plumbing_error"] < 1e-6 and judge(m) is None
+
+
 def test_probe_leaves_weights_optimizer_and_rng_untouched():
     task, opt = _density_task(TinyRegressor())
     opt.zero_grad()
