@@ -5,8 +5,9 @@ into contiguous blocks train | val | test = 28 | 6 | 8 (the preset's flat-folder
 stands in for the EPFL test volume. Every training run is the CLI command below with the same number of epochs
 (``trainer.max_epochs``; 64 steps of 8 patches each), run one at a time, load average recorded before and after.
 
-Inference ablation (on the weights of the baseline run, so every row has the same training): the whole val and
-test slices are predicted plain and with TTA; threshold / post-processing are chosen on validation exactly as
+Inference ablation (on the weights of one run, so every row has the same training; ``--inference-on`` names the
+runs, each scored once and cached in its folder as ``b2e_inference.json``): the whole val and test slices are
+predicted plain and with TTA; threshold / post-processing are chosen on validation exactly as
 ``task.threshold=auto`` / ``task.postprocess=auto`` do (:func:`calib_seg.tasks.seg_selection.select_inference`)
 and only then applied to the test block. Otsu + morphology is tuned on the 28 training slices.
 
@@ -16,7 +17,11 @@ depends less on the exact threshold).
     .venv/bin/python benchmarks/b2_real_em.py --train --epochs 3            # trains every ablation, then scores
     .venv/bin/python benchmarks/b2_real_em.py --train --only base focal --data DIR   # some of them, other folder
     .venv/bin/python benchmarks/b2_real_em.py --run base=DIR --run elastic=DIR ...   # score finished runs
-    .venv/bin/python benchmarks/b2_real_em.py --run base=DIR --run plateau=DIR --reuse   # inference/Otsu kept
+    .venv/bin/python benchmarks/b2_real_em.py --run base=DIR --run plateau=DIR --reuse   # Otsu row kept
+    .venv/bin/python benchmarks/b2_real_em.py --run a=DIR --run b=DIR --inference-on a b  # inference on both
+
+A run trained with ``data.source.block=first`` holds out the first slices instead (test | val | train): its row says
+so in the "held out" column, a second stand-in test block independent of the default (last) one.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ def train(name: str, overrides: list[str], epochs: int, out: Path, threads: int 
 def run_row(name: str, run_dir: Path) -> dict:
     """Headline numbers of one training run from its run.json (test block at the run's own inference)."""
     rec = json.loads((run_dir / "run.json").read_text())
+    source = rec["config"]["data"]["source"]
     meta_path = run_dir / "bench_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     m = rec["metrics"]
@@ -84,6 +90,7 @@ def run_row(name: str, run_dir: Path) -> dict:
             "test_curve": curve, "curve_width": curve_width(curve), "epochs": rec["epochs"],
             "steps": rec["epochs"] * rec["data_fingerprint"]["sampling"]["patches_per_epoch"]
             // rec["config"]["data"]["batch_size"],
+            "held_out": source.get("block") or "last",
             "fit_wall_s": rec["wall_time_s"], "inference_choice": {k: v for k, v in
                                                                    (rec.get("inference_choice") or {}).items()
                                                                    if k != "candidates"}, **meta}
@@ -94,7 +101,14 @@ def _slices(datamodule, split: str) -> list[dict]:
 
 
 def inference_ablation(run_dir: Path) -> dict:
-    """Plain / threshold chosen on val / TTA / TTA + post-processing chosen on val, on one checkpoint."""
+    """Plain / threshold chosen on val / TTA / TTA + post-processing chosen on val, on one checkpoint.
+
+    Scored once per run folder (``b2e_inference.json`` there; delete it to score again)."""
+    cached = run_dir / "b2e_inference.json"
+    if cached.exists():
+        rows = json.loads(cached.read_text())
+        return {k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
+                for k, v in rows.items()}
     from hydra.utils import instantiate
 
     from calib_seg.checkpoints import load_run_config, load_task, resolve_checkpoint
@@ -133,6 +147,7 @@ def inference_ablation(run_dir: Path) -> dict:
                        "tta": choice["tta"], "test_curve": curve, "curve_width": curve_width(curve),
                        "seconds": time.perf_counter() - t0}
         print("B2e inference:", label, rows[label], flush=True)
+    cached.write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -162,30 +177,33 @@ def _short(choice: dict) -> str:
             f"min_size {pp['min_size']}")
 
 
-def markdown(runs: list[dict], inference: dict, otsu: dict | None, load0, load1, wall: float,
-             inference_name: str = "base") -> str:
+def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, load0, load1, wall: float) -> str:
+    """The B2e section: one row per run, then an inference table per ``inference`` run (name -> rows)."""
     parts = [common.section_header("B2e", True, [common.command_line()], load0, load1, wall)]
     parts.append("\n42 real EPFL slices, contiguous blocks train 28 | val 6 | test 8 (stand-in test block); "
                  "whole 768x1024 slices, foreground Jaccard pooled over all pixels. One change per row against "
                  "`base` (= `experiment=mito_lucchi_cpu`) at equal epochs/steps; rows with other step counts "
-                 "are the preset's full budget or earlier full-length runs (their names say which).\n")
-    rows = [[r["name"], r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
+                 "are the preset's full budget or earlier full-length runs (their names say which). \"held out\": where the "
+                 "val and test blocks sit in the 42 slices (last: train | val | test, the default; first: "
+                 "test | val | train, a second, independent stand-in test block).\n")
+    rows = [[r["name"], r.get("held_out", "last"), r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
              " / ".join(f"{r['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)), r["curve_width"],
              f"{r.get('wall_s', r['fit_wall_s']):.0f}", r.get("threads", "?"),
              f"{(r.get('load_start') or ['?'])[0]} -> {(r.get('load_end') or ['?'])[0]}"] for r in runs]
-    parts.append(common.md_table(["run", "steps", "best val J (tiles, 0.5)", "test J", "test inference (chosen on val)",
+    parts.append(common.md_table(["run", "held out", "steps", "best val J (tiles, 0.5)", "test J", "test inference (chosen on val)",
                                   "test J @0.3 / 0.5 / 0.7 (that inference)",
                                   "curve width (>= 90 % of peak)", "wall s", "threads", "load 1-min"], rows))
     parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{common.shown(r.get('command', ''))}`"
                                                                               for r in runs))
-    if inference:
-        parts.append(f"\n### Inference choices on the `{inference_name}` weights (chosen on val, then applied to "
-                     "test)\n")
+    held = {r["name"]: r.get("held_out", "last") for r in runs}
+    for name, rows in inference.items():
+        parts.append(f"\n### Inference choices on the `{name}` weights (held out: {held.get(name, 'last')}; chosen "
+                     "on val, then applied to test)\n")
         parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing",
                                       "test J @0.3 / 0.5 / 0.7", "curve width (>= 90 % of peak)"],
                                      [[k, v["val_jaccard"], v["test_jaccard"], v["threshold"], v["postprocess"],
                                        " / ".join(f"{v['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)),
-                                       v["curve_width"]] for k, v in inference.items()]))
+                                       v["curve_width"]] for k, v in rows.items()]))
     if otsu:
         parts.append(f"\nOtsu + morphology (tuned on the {otsu['n_train']} training slices): test J "
                      f"{otsu['test_jaccard']:.3f}; all-foreground: {otsu['all_foreground']:.3f}.")
@@ -202,14 +220,15 @@ def main() -> None:
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR of a finished run to score")
     ap.add_argument("--data", type=Path, default=DATA, help=f"the 42-slice folder (default {DATA})")
     ap.add_argument("--only", nargs="*", default=None, help="train only these ABLATIONS (default: all)")
-    ap.add_argument("--inference-on", default="base",
-                    help="the run (a --run/ABLATIONS name) whose weights the inference and Otsu tables use, e.g. "
-                         "the full-budget preset run beside shorter ablation runs (default: base)")
+    ap.add_argument("--inference-on", nargs="+", default=["base"],
+                    help="the runs (--run/ABLATIONS names) whose weights get an inference table, e.g. the "
+                         "full-budget preset run on each held-out block; the first also gets the Otsu row "
+                         "(default: base)")
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--no-otsu", action="store_true")
     ap.add_argument("--reuse", action="store_true",
-                    help="take the inference and Otsu tables from results.json when they were scored on the same "
-                         "base run (e.g. after adding an ablation run)")
+                    help="take the Otsu row from results.json when it was scored on the same base run (e.g. after "
+                         "adding an ablation run; inference tables are cached in each run folder anyway)")
     args = ap.parse_args()
     load0, t0 = common.load_avg(), time.perf_counter()
     dirs = dict(r.split("=", 1) for r in args.run)
@@ -218,20 +237,17 @@ def main() -> None:
         dirs.update({name: str(train(name, ov, args.epochs, out, args.threads, args.data))
                      for name, ov in ABLATIONS.items() if args.only is None or name in args.only})
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
-    inference_name = next(n for n in (args.inference_on, "base", *dirs) if n in dirs)
-    base = Path(dirs[inference_name])
+    names = [n for n in args.inference_on if n in dirs] or [next(n for n in ("base", *dirs) if n in dirs)]
+    base = Path(dirs[names[0]])
     prev = common.read_results().get("B2e") or {}
     reuse = args.reuse and (prev.get("base_run") == str(base) or f"base={base}" in prev.get("command", ""))
-    inference = ({k: {**v, "test_curve": {float(t): j for t, j in v["test_curve"].items()}}  # JSON keys are str
-                  for k, v in prev.get("inference", {}).items()} if reuse
-                 else {} if args.no_inference else inference_ablation(base))
+    inference = {} if args.no_inference else {n: inference_ablation(Path(dirs[n])) for n in names}
     otsu = prev.get("otsu") if reuse else None if args.no_otsu else otsu_row(base)
     res = {"runs": runs, "base_run": str(base), "inference": inference, "otsu": otsu,
-           "command": common.command_line(),
+           "command": common.command_line(), "inference_on": names,
            "load_avg_start": load0, "load_avg_end": common.load_avg()}
-    res["inference_on"] = inference_name
     common.write_section("B2e", res, markdown(runs, inference, otsu, load0, res["load_avg_end"],
-                                              time.perf_counter() - t0, inference_name))
+                                              time.perf_counter() - t0))
     print(common.RESULTS_MD.read_text())
 
 
