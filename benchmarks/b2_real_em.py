@@ -232,10 +232,14 @@ def main() -> None:
     args = ap.parse_args()
     load0, t0 = common.load_avg(), time.perf_counter()
     dirs = dict(r.split("=", 1) for r in args.run)
+    to_train = [n for n in ABLATIONS if args.only is None or n in args.only] if args.train else []
+    unknown = [n for n in args.inference_on if n not in {*dirs, *to_train} and n != "base"]
+    if unknown:  # checked before any training starts
+        ap.error(f"--inference-on {' '.join(unknown)}: not a run here (runs: {', '.join([*dirs, *to_train])})")
     if args.train:
         out = common.WORK / "b2e" / time.strftime("%Y%m%d-%H%M%S")
         dirs.update({name: str(train(name, ov, args.epochs, out, args.threads, args.data))
-                     for name, ov in ABLATIONS.items() if args.only is None or name in args.only})
+                     for name, ov in ABLATIONS.items() if name in to_train})
     runs = [run_row(name, Path(d)) for name, d in dirs.items()]
     names = [n for n in args.inference_on if n in dirs] or [next(n for n in ("base", *dirs) if n in dirs)]
     base = Path(dirs[names[0]])
