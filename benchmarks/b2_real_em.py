@@ -196,14 +196,14 @@ def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, lo
     parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{common.shown(r.get('command', ''))}`"
                                                                               for r in runs))
     held = {r["name"]: r.get("held_out", "last") for r in runs}
-    for name, rows in inference.items():
+    for name, table in inference.items():
         parts.append(f"\n### Inference choices on the `{name}` weights (held out: {held.get(name, 'last')}; chosen "
                      "on val, then applied to test)\n")
         parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing",
                                       "test J @0.3 / 0.5 / 0.7", "curve width (>= 90 % of peak)"],
                                      [[k, v["val_jaccard"], v["test_jaccard"], v["threshold"], v["postprocess"],
                                        " / ".join(f"{v['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)),
-                                       v["curve_width"]] for k, v in rows.items()]))
+                                       v["curve_width"]] for k, v in table.items()]))
     if otsu:
         parts.append(f"\nOtsu + morphology (tuned on the {otsu['n_train']} training slices): test J "
                      f"{otsu['test_jaccard']:.3f}; all-foreground: {otsu['all_foreground']:.3f}.")
