@@ -116,11 +116,16 @@ class TinySegmenter(nn.Module):
         return self.net(x)
 
 
-def test_segmentation_probe_passes_and_thresholds_probabilities():
-    torch.manual_seed(0)
+def _seg_batch() -> dict[str, torch.Tensor]:
+    """4 noisy 16x16 images whose foreground is brighter: learnable in a few steps."""
     g = torch.Generator().manual_seed(0)
     mask = (torch.rand(4, 1, 16, 16, generator=g) > 0.7).float()
-    batch = {"image": (0.3 + 0.4 * mask + 0.05 * torch.randn(4, 1, 16, 16, generator=g)).clamp(0, 1), "mask": mask}
+    return {"image": (0.3 + 0.4 * mask + 0.05 * torch.randn(4, 1, 16, 16, generator=g)).clamp(0, 1), "mask": mask}
+
+
+def test_segmentation_probe_passes_and_thresholds_probabilities():
+    torch.manual_seed(0)
+    batch = _seg_batch()
     task = SegmentationTask(TinySegmenter(), functools.partial(torch.optim.Adam, lr=1e-2))
     m = measure(task, task.optimizer_factory(params=task.parameters()), batch, steps=20)
     assert judge(m) is None
@@ -132,9 +137,7 @@ def test_segmentation_probe_passes_and_thresholds_probabilities():
 def test_tta_and_postprocessing_runs_pass_the_plumbing_check(inference):
     # they change test/predict maps only; validation stays plain, and so must the independent reference
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    mask = (torch.rand(4, 1, 16, 16, generator=g) > 0.7).float()
-    batch = {"image": (0.3 + 0.4 * mask + 0.05 * torch.randn(4, 1, 16, 16, generator=g)).clamp(0, 1), "mask": mask}
+    batch = _seg_batch()
     task = SegmentationTask(TinySegmenter(), functools.partial(torch.optim.Adam, lr=1e-2), **inference)
     assert task.inference_extras  # the option is really on
     m = measure(task, task.optimizer_factory(params=task.parameters()), batch, steps=20)
