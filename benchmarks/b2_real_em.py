@@ -21,7 +21,9 @@ depends less on the exact threshold).
     .venv/bin/python benchmarks/b2_real_em.py --run a=DIR --run b=DIR --inference-on a b  # inference on both
 
 A run trained with ``data.source.block=first`` holds out the first slices instead (test | val | train): its row says
-so in the "held out" column, a second stand-in test block independent of the default (last) one.
+so in the "held out" column, a second stand-in test block independent of the default (last) one;
+``data.source.block=middle data.source.gap=1`` a third (train | val | test | train, the training slice next to each
+held-out block dropped, as the test block there borders training).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def run_row(name: str, run_dir: Path) -> dict:
             "test_curve": curve, "curve_width": curve_width(curve), "epochs": rec["epochs"],
             "steps": rec["epochs"] * rec["data_fingerprint"]["sampling"]["patches_per_epoch"]
             // rec["config"]["data"]["batch_size"],
-            "held_out": source.get("block") or "last",
+            "held_out": (source.get("block") or "last") + (f", gap {source['gap']}" if source.get("gap") else ""),
             "fit_wall_s": rec["wall_time_s"], "inference_choice": {k: v for k, v in
                                                                    (rec.get("inference_choice") or {}).items()
                                                                    if k != "candidates"}, **meta}
@@ -185,7 +187,8 @@ def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, lo
                  "`base` (= `experiment=mito_lucchi_cpu`) at equal epochs/steps; rows with other step counts "
                  "are the preset's full budget or earlier full-length runs (their names say which). \"held out\": where the "
                  "val and test blocks sit in the 42 slices (last: train | val | test, the default; first: "
-                 "test | val | train, a second, independent stand-in test block).\n")
+                 "test | val | train, a second, independent stand-in test block; middle, gap 1: train | val | test | "
+                 "train with one slice dropped from training on each side, a third, 26 training slices).\n")
     rows = [[r["name"], r.get("held_out", "last"), r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
              " / ".join(f"{r['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)), r["curve_width"],
              f"{r.get('wall_s', r['fit_wall_s']):.0f}", r.get("threads", "?"),
