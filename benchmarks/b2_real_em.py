@@ -182,6 +182,8 @@ def _short(choice: dict) -> str:
 def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, load0, load1, wall: float) -> str:
     """The B2e section: one row per run, then an inference table per ``inference`` run (name -> rows)."""
     parts = [common.section_header("B2e", True, [common.command_line()], load0, load1, wall)]
+    parts.append("\nThat time is this command's (training, if any, and scoring; inference tables cached in a run "
+                 "folder are read, not re-scored); each run's own training wall time is its row's \"wall s\".\n")
     parts.append("\n42 real EPFL slices, contiguous blocks train 28 | val 6 | test 8 (stand-in test block); "
                  "whole 768x1024 slices, foreground Jaccard pooled over all pixels. One change per row against "
                  "`base` (= `experiment=mito_lucchi_cpu`) at equal epochs/steps; rows with other step counts "
@@ -235,6 +237,8 @@ def main() -> None:
     args = ap.parse_args()
     load0, t0 = common.load_avg(), time.perf_counter()
     dirs = dict(r.split("=", 1) for r in args.run)
+    if args.only is not None and (bad := [n for n in args.only if n not in ABLATIONS]):
+        ap.error(f"--only {' '.join(bad)}: not an ablation (ABLATIONS: {', '.join(ABLATIONS)})")
     to_train = [n for n in ABLATIONS if args.only is None or n in args.only] if args.train else []
     unknown = [n for n in args.inference_on if n not in {*dirs, *to_train} and n != "base"]
     if unknown:  # checked before any training starts

@@ -106,3 +106,17 @@ def test_recorded_commands_show_paths_a_reader_can_rerun(monkeypatch, tmp_path):
                                  "hydra.run.dir=benchmarks/_work/b2e/base")
     # a path outside both stays as it is
     assert common.shown("data.source.root=/data/em") == "data.source.root=/data/em"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--train", "--only", "nosuch"], "--only nosuch: not an ablation"),
+    (["--run", "a=/nowhere", "--inference-on", "b"], "--inference-on b: not a run here"),
+])
+def test_b2_real_em_refuses_unknown_run_names_before_any_work(args, says, capsys, monkeypatch):
+    import b2_real_em
+
+    monkeypatch.setattr(b2_real_em, "train", lambda *a, **k: pytest.fail("trained before checking the names"))
+    monkeypatch.setattr(sys, "argv", ["b2_real_em.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        b2_real_em.main()
+    assert stop.value.code == 2 and says in capsys.readouterr().err
