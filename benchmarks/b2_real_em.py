@@ -127,7 +127,7 @@ def inference_ablation(run_dir: Path) -> dict:
         key = (tuple(x.shape), hash(x.numpy().tobytes()))
         if key not in cache:
             with torch.no_grad():
-                cache[key] = torch.sigmoid(task.predict_logits(x))
+                cache[key] = task.plain_proba(x)
         return cache[key]
 
     val, test = _slices(dm, "val"), _slices(dm, "test")
@@ -191,7 +191,7 @@ def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, lo
                  "val and test blocks sit in the 42 slices (last: train | val | test, the default; first: "
                  "test | val | train, a second, independent stand-in test block; middle, gap 1: train | val | test | "
                  "train with one slice dropped from training on each side, a third, 26 training slices).\n")
-    rows = [[r["name"], r.get("held_out", "last"), r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
+    rows = [[r["name"], r["held_out"], r["steps"], r["val_jaccard"], r["test_jaccard"], _short(r["inference_choice"]),
              " / ".join(f"{r['test_curve'][t]:.3f}" for t in (0.3, 0.5, 0.7)), r["curve_width"],
              f"{r.get('wall_s', r['fit_wall_s']):.0f}", r.get("threads", "?"),
              f"{(r.get('load_start') or ['?'])[0]} -> {(r.get('load_end') or ['?'])[0]}"] for r in runs]
@@ -200,9 +200,9 @@ def markdown(runs: list[dict], inference: dict[str, dict], otsu: dict | None, lo
                                   "curve width (>= 90 % of peak)", "wall s", "threads", "load 1-min"], rows))
     parts.append("\nCommands (`<run>` overrides in `ABLATIONS`): " + "; ".join(f"`{common.shown(r.get('command', ''))}`"
                                                                               for r in runs))
-    held = {r["name"]: r.get("held_out", "last") for r in runs}
+    held = {r["name"]: r["held_out"] for r in runs}
     for name, table in inference.items():
-        parts.append(f"\n### Inference choices on the `{name}` weights (held out: {held.get(name, 'last')}; chosen "
+        parts.append(f"\n### Inference choices on the `{name}` weights (held out: {held[name]}; chosen "
                      "on val, then applied to test)\n")
         parts.append(common.md_table(["inference", "val J", "test J", "threshold", "post-processing",
                                       "test J @0.3 / 0.5 / 0.7", "curve width (>= 90 % of peak)"],

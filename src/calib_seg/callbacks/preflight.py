@@ -112,7 +112,7 @@ def _plumbing(task: Any, kind: str, batch: Mapping[str, torch.Tensor]) -> dict[s
                                                                            / max(np.max(np.abs(y)), 1e-12))}
         else:
             # validation during training is plain (no TTA, no post-processing: those are test/predict options)
-            probs = torch.sigmoid(task.predict_logits(batch["image"])).double().cpu().numpy().reshape(-1)
+            probs = task.plain_proba(batch["image"]).double().cpu().numpy().reshape(-1)
             mask = batch["mask"].double().cpu().numpy().reshape(-1) > 0.5
             hard = probs > task.threshold
             union = np.count_nonzero(hard | mask)

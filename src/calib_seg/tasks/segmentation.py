@@ -200,7 +200,7 @@ class SegmentationTask(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            plain = lambda x: torch.sigmoid(self.predict_logits(x.to(self.device)))  # noqa: E731
+            plain = lambda x: self.plain_proba(x.to(self.device))  # noqa: E731
             configured_pp = {"median": self.postprocess.median, "min_size": self.postprocess.min_size}
             choice = select_inference(plain, batches, self.auto.get("threshold", self.threshold),
                                       self.auto.get("tta", self.tta), self.auto.get("postprocess", configured_pp))
@@ -235,11 +235,15 @@ class SegmentationTask(pl.LightningModule):
             align=divisor,  # tiles on the model's pooling grid, so tiled == untiled away from tile edges
         )
 
+    def plain_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities for whole images without TTA or post-processing: the validation map, and
+        the one TTA averages and the validation choice starts from."""
+        return torch.sigmoid(self.predict_logits(images))
+
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities for whole images (see :meth:`predict_logits`), with ``tta`` and
         ``postprocess`` applied: the map the test metrics, ``evaluate`` and ``predict`` all use."""
-        plain = lambda x: torch.sigmoid(self.predict_logits(x))  # noqa: E731
-        probs = tta_proba(plain, images) if self.tta else plain(images)
+        probs = tta_proba(self.plain_proba, images) if self.tta else self.plain_proba(images)
         return self.postprocess(probs)
 
     @property
